@@ -1,0 +1,91 @@
+"""Clean weights for evaluation, from any state of this library."""
+
+import jax
+import optax
+
+_PERTURBATION = "perturbation"
+
+
+def _perturbations(state):
+  return [
+    value for _, value in optax.tree.get_all_with_path(state, _PERTURBATION)
+  ]
+
+
+def _remove(params, perturbations):
+  if len(perturbations) > 1:
+    raise ValueError(
+      f"the optimizer state holds {len(perturbations)} perturbations; one "
+      "perturbed transformation per optimizer is supported."
+    )
+  if not perturbations:
+    return params
+  return jax.tree.map(
+    lambda p, d: (p - d).astype(p.dtype), params, perturbations[0]
+  )
+
+
+def eval_params(state: optax.OptState, params: optax.Params) -> optax.Params:
+  """The clean weights behind the params held during training.
+
+  GraphSAM makes the caller hold the perturbed point ``w + δ`` (see
+  :func:`graphsam_optax.graphsam`); every other transformation of this library
+  and of optax holds ``w`` itself. This returns ``w`` for any of them, also
+  when the state is nested in ``optax.chain``, ``optax.inject_hyperparams`` or
+  ``optax.MultiSteps``: evaluate, checkpoint and export what it returns.
+
+  Args:
+    state: the optimizer state.
+    params: the params held by the training loop.
+
+  Returns:
+    The weights to evaluate: ``params`` minus the perturbation found in
+    ``state``, or ``params`` unchanged when there is none.
+
+  Raises:
+    ValueError: if the state holds more than one perturbation.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, graphsam_optax
+    >>> params = jnp.ones(2)
+    >>> state = optax.adam(1e-3).init(params)
+    >>> print(graphsam_optax.eval_params(state, params))
+    [1. 1.]
+  """
+  return _remove(params, _perturbations(state))
+
+
+def graphsam_eval_params(
+  state: optax.OptState, params: optax.Params
+) -> optax.Params:
+  """Clean weights of :func:`graphsam_optax.graphsam`, ``params - δ``.
+
+  The GraphSAM counterpart of ``optax.contrib.schedule_free_eval_params``:
+  like :func:`eval_params`, but the state must contain a
+  :class:`graphsam_optax.GraphSAMState` (possibly nested).
+
+  Args:
+    state: a GraphSAM state, or a state that contains one.
+    params: the params held by the training loop.
+
+  Returns:
+    The clean weights ``w``.
+
+  Raises:
+    ValueError: if ``state`` holds no GraphSAM state.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, graphsam_optax
+    >>> tx = graphsam_optax.graphsam(optax.sgd(0.1), anchor_every=10)
+    >>> params = jnp.ones(2)
+    >>> print(graphsam_optax.graphsam_eval_params(tx.init(params), params))
+    [1. 1.]
+  """
+  perturbations = _perturbations(state)
+  if not perturbations:
+    raise ValueError(
+      "graphsam_eval_params needs a state produced by graphsam (or containing "
+      f"one), got a {type(state).__name__}. Use graphsam_optax.eval_params for "
+      "states of other optimizers."
+    )
+  return _remove(params, perturbations)
