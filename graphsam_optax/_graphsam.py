@@ -1,7 +1,8 @@
 """GraphSAM: sharpness-aware minimization at the cost of the base optimizer."""
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,7 +98,7 @@ def graphsam(
   adaptive_eta: float = 0.01,
   per_leaf: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""GraphSAM: SAM with the perturbation direction predicted by a moving average.
+  r"""GraphSAM: SAM with a moving-average prediction of the perturbation.
 
   SAM needs two gradients per step: one at the weights ``w`` to find the
   perturbation direction ``ε``, and the *updating gradient* ``ω`` at
@@ -201,7 +202,8 @@ def graphsam(
     >>> state = tx.init(params)
     >>> for step in range(100):
     ...   grads = jax.grad(loss)(params)  # at the held (perturbed) point
-    ...   updates, state = tx.update(grads, state, params, grad_fn=jax.grad(loss))
+    ...   updates, state = tx.update(
+    ...       grads, state, params, grad_fn=jax.grad(loss))
     ...   params = optax.apply_updates(params, updates)
     >>> w = graphsam_optax.graphsam_eval_params(state, params)
     >>> print(w.round(3), round(float(loss(w)), 6))
@@ -367,7 +369,8 @@ def sam_k(
     >>> state = tx.init(params)
     >>> for _ in range(20):
     ...   grads = jax.grad(loss)(params)
-    ...   updates, state = tx.update(grads, state, params, grad_fn=jax.grad(loss))
+    ...   updates, state = tx.update(
+    ...       grads, state, params, grad_fn=jax.grad(loss))
     ...   params = optax.apply_updates(params, updates)
     >>> # With a constant rho the clean weights settle where the gradient at
     >>> # the (reused) perturbed point vanishes, rho away from the minimum.
