@@ -1,0 +1,258 @@
+"""The battery optax runs on its own wrappers, applied to GraphSAM's variants.
+
+Modelled on optax/contrib/_common_test.py: extra arguments without
+recompilation, convergence on optax's test targets, ``inject_hyperparams``,
+``MultiSteps``, dtypes, stability under ``lax.cond``, donation to ``jax.jit``
+and ``nnx.Optimizer``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import graphsam_optax
+
+# A small radius: on Rosenbrock's narrow valley even exact SAM settles visibly
+# off the minimum with rho = 0.01 (at about (0.96, 0.92) with Adam).
+WRAPPERS = {
+  "graphsam": lambda base: graphsam_optax.graphsam(
+    base, anchor_every=5, rho=1e-3
+  ),
+  "graphsam_per_leaf_adaptive": lambda base: graphsam_optax.graphsam(
+    base, anchor_every=5, rho=1e-3, adaptive=True, per_leaf=True
+  ),
+  "graphsam_authors": lambda base: graphsam_optax.graphsam_authors(
+    base, steps_per_epoch=5, rho=1e-3
+  ),
+  "sam_k": lambda base: graphsam_optax.sam_k(base, k=3, rho=1e-3),
+}
+
+
+def parabola():
+  target = jnp.array([1.0, -2.0, 0.5])
+  return (
+    {"x": jnp.zeros(3)},
+    {"x": target},
+    (lambda p: jnp.sum((p["x"] - target) ** 2)),
+  )
+
+
+def rosenbrock():
+  def objective(p):
+    x, y = p["xy"][0], p["xy"][1]
+    return (1.0 - x) ** 2 + 100.0 * (y - x**2) ** 2
+
+  return {"xy": jnp.array([-0.5, 0.8])}, {"xy": jnp.ones(2)}, objective
+
+
+def mixed_tensors():
+  target = {"a": jnp.ones((2, 3)), "b": -jnp.ones(4)}
+
+  def objective(p):
+    return sum(
+      jnp.sum((p[k] - target[k]) ** 2) * scale
+      for k, scale in (("a", 1.0), ("b", 3.0))
+    )
+
+  return {"a": jnp.zeros((2, 3)), "b": jnp.zeros(4)}, target, objective
+
+
+def train(tx, params, objective, steps):
+  """lax.scan over steps of the ordinary loop with grad_fn; clean weights."""
+  grad = jax.grad(objective)
+
+  def step(carry, _):
+    params, state = carry
+    updates, state = tx.update(grad(params), state, params, grad_fn=grad)
+    return (optax.apply_updates(params, updates), state), None
+
+  (params, state), _ = jax.jit(
+    lambda p: jax.lax.scan(step, (p, tx.init(p)), length=steps)
+  )(params)
+  return graphsam_optax.eval_params(state, params)
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+@pytest.mark.parametrize(
+  "target, base, steps",
+  [
+    (parabola, optax.sgd(0.1), 300),
+    (mixed_tensors, optax.adam(0.05), 500),
+    (rosenbrock, optax.adam(0.02), 3000),
+  ],
+  ids=["parabola-sgd", "mixed-adam", "rosenbrock-adam"],
+)
+def test_converges(wrapper, target, base, steps):
+  params, solution, objective = target()
+  final = train(WRAPPERS[wrapper](base), params, objective, steps)
+  jax.tree.map(
+    lambda got, want: np.testing.assert_allclose(got, want, atol=5e-2),
+    final,
+    solution,
+  )
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+def test_extra_args_are_accepted_without_recompilation(wrapper):
+  tx = WRAPPERS[wrapper](optax.adam(0.01))
+  params, _, objective = rosenbrock()
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(objective)(params)
+    updates, state = tx.update(
+      grads, state, params, grad_fn=jax.grad(objective), unexpected_arg=1
+    )
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for _ in range(7):
+    params, state = step(params, state)
+  assert step._cache_size() == 1
+
+
+def test_extra_args_reach_the_inner_optimizer():
+  # optax.scale_by_polyak consumes `value`; GraphSAM must forward it.
+  params, _, objective = parabola()
+  value, grads = jax.value_and_grad(objective)(params)
+  polyak = optax.polyak_sgd(max_learning_rate=1.0)
+  tx = graphsam_optax.graphsam(polyak, anchor_every=2, rho=0.0)
+  got, _ = tx.update(grads, tx.init(params), params, value=value)
+  want, _ = polyak.update(grads, polyak.init(params), params, value=value)
+  jax.tree.map(np.testing.assert_allclose, got, want)
+
+
+def test_can_be_wrapped_in_inject_hyperparams():
+  params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
+  grads = [jnp.ones((2, 3)), -jnp.ones((2, 5, 2))]
+  base = optax.adam(0.1)
+  kwargs = dict(anchor_every=2, rho=0.05, beta=0.9)
+  tx = graphsam_optax.graphsam(base, **kwargs)
+  injected = optax.inject_hyperparams(graphsam_optax.graphsam)(base, **kwargs)
+  state, injected_state = tx.init(params), injected.init(params)
+  for _ in range(3):
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    injected_updates, injected_state = jax.jit(injected.update)(
+      grads, injected_state, params
+    )
+    jax.tree.map(np.testing.assert_allclose, injected_updates, updates)
+  assert set(injected_state.hyperparams) >= {"rho", "beta", "anchor_every"}
+  # The injected rho can be changed between steps, as optax users expect.
+  injected_state.hyperparams["rho"] = jnp.asarray(0.0)
+  zero_rho, _ = injected.update(grads, injected_state, params)
+  assert np.all(np.isfinite(jax.tree.leaves(zero_rho)[0]))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_gradient_accumulation_with_multisteps(dtype):
+  tx = optax.MultiSteps(
+    graphsam_optax.graphsam(optax.adam(0.1), anchor_every=2, rho=0.05),
+    every_k_schedule=4,
+  )
+  params = jnp.array([1.0, 2.0], dtype)
+  grads = jax.grad(lambda x: jnp.sum(x**2))(params)
+  updates, state = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
+  np.testing.assert_array_equal(updates, jnp.zeros_like(grads))
+  for _ in range(3):
+    updates, state = jax.jit(tx.update)(grads, state, params)
+  assert np.any(np.asarray(updates, np.float32) != 0)
+  assert updates.dtype == params.dtype
+  # eval_params finds the perturbation inside the MultiSteps state.
+  clean = graphsam_optax.eval_params(state, params + updates)
+  assert clean.dtype == params.dtype
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_state_is_dtype_stable_under_cond(wrapper, dtype):
+  tx = WRAPPERS[wrapper](optax.adam(0.1))
+  objective = lambda p: jnp.sum(p**2)
+  params = jnp.array([1.0, -2.0, 3.0], dtype)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(objective)(params)
+    cond = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+    updates, new_state = jax.lax.cond(
+      cond,
+      lambda: tx.update(grads, state, params, grad_fn=jax.grad(objective)),
+      lambda: (jnp.zeros_like(params), state),
+    )
+    return optax.apply_updates(params, updates), new_state
+
+  state = tx.init(params)
+  for _ in range(3):
+    params, state = step(params, state)
+    assert params.dtype == dtype
+
+
+def test_rho_schedule_equals_constant():
+  params, _, objective = mixed_tensors()
+  base = optax.adam(0.05)
+  constant = train(
+    graphsam_optax.graphsam(base, 3, rho=0.05), params, objective, 20
+  )
+  scheduled = train(
+    graphsam_optax.graphsam(base, 3, rho=optax.constant_schedule(0.05)),
+    params,
+    objective,
+    20,
+  )
+  jax.tree.map(np.testing.assert_allclose, constant, scheduled)
+
+
+def test_accepts_donated_buffers():
+  tx = graphsam_optax.graphsam(optax.adam(0.05), anchor_every=3, rho=0.05)
+  params, _, objective = mixed_tensors()
+  grad = jax.grad(objective)
+
+  def step(params, state):
+    updates, state = tx.update(grad(params), state, params, grad_fn=grad)
+    return optax.apply_updates(params, updates), state
+
+  step = jax.jit(step, donate_argnums=(0, 1))
+  state = tx.init(params)
+  for _ in range(6):
+    params, state = step(params, state)
+  assert np.isfinite(objective(graphsam_optax.eval_params(state, params)))
+
+
+def test_nnx_optimizer_forwards_grad_fn():
+  nnx = pytest.importorskip("flax.nnx")
+  x = jnp.linspace(-1.0, 1.0, 16)[:, None]
+  y = 3.0 * x - 1.0
+  model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
+  tx = graphsam_optax.graphsam(optax.sgd(0.2), anchor_every=4, rho=1e-3)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  graphdef, _ = nnx.split(model)
+
+  def loss(model):
+    return jnp.mean((model(x) - y) ** 2)
+
+  def grad_fn(params):
+    # nnx.Optimizer hands the transformation plain arrays (nnx.as_pure).
+    return nnx.as_pure(nnx.grad(loss)(nnx.merge(graphdef, params)))
+
+  calls = []
+
+  @nnx.jit
+  def step(model, optimizer):
+    grads = nnx.grad(loss)(model)
+
+    def counted(params):
+      jax.debug.callback(lambda: calls.append(1))
+      return grad_fn(params)
+
+    optimizer.update(model, grads, grad_fn=counted)
+
+  for _ in range(100):
+    step(model, optimizer)
+  jax.effects_barrier()
+  assert len(calls) == 25  # one extra pass per anchor
+  clean = graphsam_optax.eval_params(
+    nnx.as_pure(optimizer.opt_state), nnx.as_pure(nnx.state(model, nnx.Param))
+  )
+  np.testing.assert_allclose(clean["kernel"], [[3.0]], atol=0.05)
+  np.testing.assert_allclose(clean["bias"], [-1.0], atol=0.05)
