@@ -1,4 +1,4 @@
-"""GraphSAM against NumPy loops of its definition, limiting cases and contract."""
+"""GraphSAM against NumPy loops of its definition; limits and contract."""
 
 import functools
 
