@@ -1,0 +1,22 @@
+"""The README's examples run as written."""
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).parents[1] / "README.md"
+
+
+def python_blocks():
+  return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+
+
+def test_readme_has_a_usage_example():
+  assert python_blocks()
+
+
+def test_readme_python_examples_run(capsys):
+  for block in python_blocks():
+    exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+  out = capsys.readouterr().out
+  loss = float(re.search(r"training loss (\S+)", out).group(1))
+  assert loss < 1e-3
