@@ -1,0 +1,47 @@
+"""Smoke run of benchmarks/edge_of_stability.py (tiny data, seconds)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rdkit")
+pytest.importorskip("matplotlib")
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "edge_of_stability.py"
+
+
+def test_smoke_run_writes_consistent_records(tmp_path):
+  done = subprocess.run(
+    [sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "command:" in done.stdout and "machine:" in done.stdout
+  assert "||H||/SAM-edge" in done.stdout
+  assert (tmp_path / "edge_of_stability.png").stat().st_size > 0
+  result = json.loads((tmp_path / "edge_of_stability.json").read_text())
+  config = result["config"]
+  assert result["data"]["molecules"] == config["molecules"]
+  assert set(result["summary"]) == set(result["runs"])
+  measurements = config["steps"] // config["every"] + 1
+  for label, run in result["runs"].items():
+    assert len(run["step"]) == measurements
+    sharpness = np.asarray(run["sharpness"])
+    gd_edge, sam_edge = np.asarray(run["gd_edge"]), np.asarray(run["sam_edge"])
+    assert np.all(np.isfinite(sharpness)) and np.all(sharpness > 0)
+    np.testing.assert_allclose(gd_edge, 2 / config["lr"], rtol=1e-6)
+    if run["rho"] == 0:
+      np.testing.assert_allclose(sam_edge, gd_edge, rtol=1e-6)
+    else:
+      assert np.all(sam_edge < gd_edge)
+    for name in ("grad_alignment", "sam_grad_alignment"):
+      assert np.all((np.asarray(run[name]) >= 0) & (np.asarray(run[name]) <= 1))
+    ratio = result["summary"][label]["median_sharpness_over_sam_edge"]
+    assert np.isfinite(ratio) and ratio > 0
