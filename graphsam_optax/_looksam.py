@@ -52,7 +52,10 @@ def looksam(
     w_{t+1} &= w_t + \mathrm{optimizer}(d_t)
 
   (:math:`g_s - \|g_s\| \cos(g_t, g_s)\, g_t / \|g_t\|` in the paper's
-  words.) The first step is a SAM step. Divisions are guarded: a zero
+  words; computed as the part of :math:`g_s - g_t` orthogonal to :math:`g_t`,
+  the same vector with a rounding error proportional to
+  :math:`\|g_s - g_t\|`, so that ρ = 0 stores exactly zero.) The first step
+  is a SAM step. Divisions are guarded: a zero
   :math:`g_t` or :math:`g_v` contributes nothing instead of NaN. The params the
   caller holds are the weights ``w``.
 
@@ -140,9 +143,13 @@ def looksam(
       sam_grads = _sam.ascent_gradient(
         updates, params, grad_fn, _sam.value_at(rho, state.count)
       )
+      # g_v is also the part of g_s - g orthogonal to g; computed so, its
+      # rounding error scales with ||g_s - g|| (small for small rho), not
+      # with ||g_s||, and rho = 0 gives exactly zero.
+      change = optax.tree.sub(sam_grads, updates)
       unit = _sam.safe_scale(updates, 1.0, grad_norm)
-      along = optax.tree.vdot(unit, sam_grads)
-      orthogonal = optax.tree.add_scale(sam_grads, -along, unit)
+      along = optax.tree.vdot(unit, change)
+      orthogonal = optax.tree.add_scale(change, -along, unit)
       return sam_grads, optax.tree.cast_like(
         orthogonal, state.sharpness_direction
       )
