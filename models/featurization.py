@@ -591,7 +591,7 @@ def _write_cache(path: Path, result: FeaturizedSmiles, digest: str, n: int):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
-      np.savez(f, meta=json.dumps(meta), kept=result.kept, **arrays)
+      np.savez_compressed(f, meta=json.dumps(meta), kept=result.kept, **arrays)
     os.replace(tmp, path)
     tmp = None
     _log.info("cached featurized molecules in %s", path)

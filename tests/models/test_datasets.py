@@ -1,0 +1,287 @@
+"""Dataset registry, file resolution, download and loading.
+
+The download path is exercised against an HTTP server on 127.0.0.1. Tests
+marked ``data`` read the shared MoleculeNet CSVs from $GRAPHSAM_DATA_DIR.
+"""
+
+import dataclasses
+import functools
+import gzip
+import http.server
+import os
+import shutil
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import datasets as D
+from models import featurization as F
+
+TINY = Path(__file__).parents[1] / "data" / "tiny_molecules.csv"
+SHARED = os.environ.get(D.DATA_DIR_ENV)
+requires_shared = pytest.mark.skipif(
+  not SHARED, reason=f"${D.DATA_DIR_ENV} is not set"
+)
+
+
+def tiny_spec(**changes) -> D.DatasetSpec:
+  spec = D.DatasetSpec(
+    name="tiny",
+    filename="tiny_molecules.csv",
+    url=None,
+    sha256=D.file_sha256(TINY),
+    smiles_column="smiles",
+    target_columns=("label_a", "label_b"),
+    task_type="regression",
+    metric="rmse",
+    leaky_columns=("leaky",),
+  )
+  return dataclasses.replace(spec, **changes)
+
+
+@pytest.fixture(autouse=True)
+def no_shared_dir(monkeypatch):
+  """Resolution tests must not see the real $GRAPHSAM_DATA_DIR."""
+  monkeypatch.delenv(D.DATA_DIR_ENV, raising=False)
+
+
+def test_registry():
+  expected = {
+    "bbbp",
+    "tox21",
+    "sider",
+    "clintox",
+    "esol",
+    "lipophilicity",
+    "freesolv",
+    "hiv",
+    "nci5k-tpsa",
+  }
+  assert set(D.DATASETS) == expected
+  for name, spec in D.DATASETS.items():
+    assert spec.name == name and spec.num_tasks >= 1
+    assert spec.task_type in ("classification", "regression")
+    assert spec.metric == (
+      "roc_auc" if spec.task_type == "classification" else "rmse"
+    )
+    assert not set(spec.leaky_columns) & set(spec.target_columns)
+    assert spec.smiles_column not in spec.target_columns
+    if not spec.builtin:
+      assert len(spec.sha256) == 64 and spec.url.startswith("https://")
+  assert D.get_spec("BBBP") is D.DATASETS["bbbp"]
+  assert D.DATASETS["hiv"].leaky_columns == ("activity",)
+  with pytest.raises(ValueError, match="unknown dataset 'qm9'"):
+    D.get_spec("qm9")
+
+
+def test_read_table_quirks():
+  table = D.read_table(tiny_spec(), TINY)
+  assert list(table.columns) == ["smiles", "label_a", "label_b"]  # no leak
+  assert len(table) == 5  # CRLF and blank lines handled
+  assert table.smiles[1] == "c1ccccc1O"  # trailing whitespace stripped
+  assert np.isnan(table.label_b[1]) and np.isnan(table.label_a[3])
+
+
+def test_load_reports_dropped_rows(tmp_path):
+  with pytest.warns(D.InvalidSmilesWarning, match=r"row 2: 'C\[N\]"):
+    ds = D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
+  assert (ds.num_rows, len(ds), ds.num_tasks) == (5, 4, 2)
+  assert [(d.index, d.smiles) for d in ds.dropped] == [(2, "C[N](C)(C)(C)C")]
+  assert "valence" in ds.dropped[0].reason
+  np.testing.assert_array_equal(ds.row_index, [0, 1, 3, 4])
+  assert ds.smiles == ("CCO", "c1ccccc1O", "CC#N", "[Na+].[Cl-]")
+  np.testing.assert_array_equal(
+    np.isnan(ds.labels), [[0, 0], [0, 1], [1, 0], [0, 0]]
+  )
+  np.testing.assert_array_equal(ds.n_atoms, [3, 7, 3, 2])
+  assert ds.sha256 == D.file_sha256(TINY)
+  with pytest.raises(F.InvalidSmilesError, match=r"row 2"):
+    D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path, strict=True)
+  with pytest.raises(F.InvalidSmilesError, match=r"row 2"):
+    D.load_dataset(
+      tiny_spec(), TINY.parent, featurize=False, strict=True, cache_dir=tmp_path
+    )
+
+
+def test_second_load_reads_the_cache(tmp_path, monkeypatch):
+  with pytest.warns(D.InvalidSmilesWarning):
+    first = D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
+  files = list((tmp_path / "features").iterdir())
+  assert len(files) == 1 and files[0].name.startswith("tiny-")
+  monkeypatch.setattr(F, "featurize_smiles", None)  # would fail if called
+  with pytest.warns(D.InvalidSmilesWarning, match="row 2"):
+    second = D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
+  np.testing.assert_array_equal(second.graphs.pair_bond, first.graphs.pair_bond)
+  assert second.dropped == first.dropped
+
+
+def test_resolution_order(tmp_path, monkeypatch):
+  spec = tiny_spec(sha256=None)
+  dirs = {k: tmp_path / k for k in ("explicit", "env", "cache")}
+  for key, d in dirs.items():
+    target = d / "moleculenet" if key == "cache" else d
+    target.mkdir(parents=True)
+    shutil.copy(TINY, target / spec.filename)
+  monkeypatch.setenv(D.DATA_DIR_ENV, str(dirs["env"]))
+  resolve = functools.partial(D.resolve_csv, spec, cache_dir=dirs["cache"])
+  assert resolve(dirs["explicit"]) == dirs["explicit"] / spec.filename
+  assert resolve(tmp_path / "missing") == dirs["env"] / spec.filename
+  monkeypatch.delenv(D.DATA_DIR_ENV)
+  expected = dirs["cache"] / "moleculenet" / spec.filename
+  assert resolve(None) == expected
+
+
+def test_local_checksum_mismatch(tmp_path):
+  shutil.copy(TINY, tmp_path / "tiny_molecules.csv")
+  with open(tmp_path / "tiny_molecules.csv", "ab") as f:
+    f.write(b"CC,1,1,1\r\n")
+  with pytest.raises(D.ChecksumError, match="verify=False"):
+    D.resolve_csv(tiny_spec(), tmp_path, cache_dir=tmp_path / "c")
+  path = D.resolve_csv(tiny_spec(), tmp_path, cache_dir=tmp_path, verify=False)
+  assert path == tmp_path / "tiny_molecules.csv"
+
+
+def test_not_found_lists_what_was_tried(tmp_path, monkeypatch):
+  monkeypatch.setenv(D.DATA_DIR_ENV, str(tmp_path / "env"))
+  spec = tiny_spec(url="http://127.0.0.1:9/tiny.csv")
+  with pytest.raises(D.DatasetNotFoundError) as info:
+    D.resolve_csv(spec, tmp_path / "x", cache_dir=tmp_path, download=False)
+  message = str(info.value)
+  for place in ("x", "env", "moleculenet", "download: disabled", "data_dir="):
+    assert place in message
+
+
+@pytest.fixture(scope="module")
+def http_root(tmp_path_factory):
+  """Serves a directory holding tiny.csv and tiny.csv.gz on 127.0.0.1."""
+  root = tmp_path_factory.mktemp("www")
+  shutil.copy(TINY, root / "tiny.csv")
+  with open(TINY, "rb") as src, gzip.open(root / "tiny.csv.gz", "wb") as dst:
+    dst.write(src.read())
+
+  class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+      pass
+
+  handler = functools.partial(Quiet, directory=str(root))
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{server.server_address[1]}"
+  server.shutdown()
+  server.server_close()
+  thread.join()
+
+
+@pytest.mark.parametrize("name", ["tiny.csv", "tiny.csv.gz"])
+def test_download_good_checksum(http_root, tmp_path, name):
+  spec = tiny_spec(url=f"{http_root}/{name}")
+  path = D.resolve_csv(spec, cache_dir=tmp_path)
+  assert path == tmp_path / "moleculenet" / spec.filename
+  assert path.read_bytes() == TINY.read_bytes()  # decompressed
+  assert sorted(p.name for p in path.parent.iterdir()) == [spec.filename]
+  # Now cached: found again without the server.
+  assert (
+    D.resolve_csv(tiny_spec(url="http://127.0.0.1:9/x"), cache_dir=tmp_path)
+    == path
+  )
+
+
+def test_download_bad_checksum(http_root, tmp_path):
+  spec = tiny_spec(url=f"{http_root}/tiny.csv.gz", sha256="0" * 64)
+  with pytest.raises(D.ChecksumError, match="discarded"):
+    D.resolve_csv(spec, cache_dir=tmp_path)
+  assert list((tmp_path / "moleculenet").iterdir()) == []
+
+
+def test_download_404(http_root, tmp_path):
+  spec = tiny_spec(url=f"{http_root}/missing.csv")
+  with pytest.raises(D.DatasetNotFoundError, match="404") as info:
+    D.resolve_csv(spec, cache_dir=tmp_path)
+  assert "data_dir=" in str(info.value) and "GRAPHSAM_DATA_DIR" in str(
+    info.value
+  )
+  assert list((tmp_path / "moleculenet").iterdir()) == []
+
+
+def test_builtin_nci5k_tpsa_offline(tmp_path):
+  with pytest.warns(D.InvalidSmilesWarning, match="8 of 4999"):
+    ds = D.load_dataset("nci5k-tpsa", cache_dir=tmp_path, featurize=False)
+  assert ds.path.parts[-2:] == ("NCI", "first_5k.tpsa.csv")
+  assert (ds.num_rows, len(ds), ds.num_tasks) == (4999, 4991, 1)
+  assert [d.index for d in ds.dropped] == [
+    2097,
+    2897,
+    3226,
+    3369,
+    4508,
+    4595,
+    4596,
+    4780,
+  ]
+  assert ds.task_type == "regression" and not np.isnan(ds.labels).any()
+  assert "#" in "".join(ds.smiles)  # triple bonds survive (no comment char)
+  assert ds.labels[0, 0] == pytest.approx(34.14)  # CC1=CC(=O)C=CC1=O
+
+
+# Rows, tasks, dropped rows (RDKit 2026.09) and missing label cells, from
+# the data README.
+SHARED_COUNTS = {
+  "bbbp": (2050, 1, [59, 61, 391, 614, 642, 645, 646, 647, 648, 649, 685], 0),
+  "tox21": (7831, 12, [1322, 2290, 2297, 3558, 4565, 4649, 5538, 6723], 16026),
+  "sider": (1427, 27, [], 0),
+  "clintox": (1484, 2, [7, 302, 1219, 1220], 0),
+  "esol": (1128, 1, [], 0),
+  "lipophilicity": (4200, 1, [], 0),
+  "freesolv": (642, 1, [], 0),
+  "hiv": (41127, 1, [137, 987, 12882, 18293, 30784, 30785, 35728], 0),
+}
+FEATURIZED = {"bbbp", "clintox", "esol", "freesolv"}  # fast enough to featurize
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.data
+@requires_shared
+@pytest.mark.parametrize("name", sorted(SHARED_COUNTS))
+def test_shared_csv_counts(name, shared_cache):
+  rows, tasks, dropped, missing = SHARED_COUNTS[name]
+  spec = D.get_spec(name)
+  path = D.resolve_csv(name, SHARED, download=False)  # SHA-256 checked
+  table = D.read_table(spec, path)
+  assert len(table) == rows and spec.num_tasks == tasks
+  assert int(table[list(spec.target_columns)].isna().sum().sum()) == missing
+  assert not table.smiles.str.contains(r"\s").any()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", D.InvalidSmilesWarning)
+    ds = D.load_dataset(
+      name,
+      SHARED,
+      cache_dir=shared_cache,
+      download=False,
+      featurize=name in FEATURIZED,
+    )
+  assert [d.index for d in ds.dropped] == dropped
+  assert len(ds) == rows - len(dropped) == len(ds.labels)
+  assert ds.labels.shape == (len(ds), tasks)
+  if name in FEATURIZED:
+    assert len(ds.graphs) == len(ds)
+    assert ds.graphs.atom_scalars.shape[1] == 8
+
+
+@pytest.mark.data
+@requires_shared
+def test_shared_csv_quirks():
+  raw = {
+    n: (Path(SHARED) / f"{n}.csv").read_bytes() for n in ("bbbp", "hiv", "esol")
+  }
+  assert b"\r\n" in raw["bbbp"] and b"\r\n\n" in raw["hiv"]
+  esol = D.read_table("esol", Path(SHARED) / "esol.csv")
+  assert esol.smiles.str.len().sum() < len(raw["esol"])
+  assert not esol.smiles.str.endswith(" ").any()
