@@ -56,6 +56,14 @@ class AtomFeaturizer:
   Gasteiger charges are computed on the atom's molecule when missing.
   ``compact`` and ``expand`` store the same features as two small integer
   codes and eight floats per atom.
+
+  Examples:
+    >>> featurizer = AtomFeaturizer()
+    >>> len(featurizer)
+    115
+    >>> x = featurizer(Chem.MolFromSmiles("CCO").GetAtomWithIdx(2))
+    >>> [featurizer.feature_names()[i] for i in x.nonzero()[0][:2]]
+    ['atomic_num=8', 'hybridization=SP3']
   """
 
   atomic_numbers = tuple(range(1, 101))
@@ -163,6 +171,15 @@ class BondFeaturizer:
   The features of a bond take one of ``4 * 6 * 2**3 = 192`` values. A bond is
   stored as its id in ``1..192``; ``vocabulary()[id]`` is its 13-vector and
   row 0 (all zeros) means "no bond".
+
+  Examples:
+    >>> featurizer = BondFeaturizer()
+    >>> len(featurizer), featurizer.vocabulary().shape
+    (13, (193, 13))
+    >>> bond = Chem.MolFromSmiles("c1ccccc1").GetBondWithIdx(0)
+    >>> vector = featurizer.vocabulary()[featurizer.bond_id(bond)]
+    >>> vector.nonzero()[0].tolist()  # aromatic, no stereo, conj, arom, ring
+    [3, 7, 10, 11, 12]
   """
 
   bond_types = (
@@ -319,7 +336,15 @@ class MolGraph:
 
 
 def featurize_mol(mol: Chem.Mol) -> MolGraph:
-  """Atom features, pair bond ids and distances of one RDKit molecule."""
+  """Atom features, pair bond ids and distances of one RDKit molecule.
+
+  Examples:
+    >>> g = featurize_mol(Chem.MolFromSmiles("CCO.[Na+]"))
+    >>> g.nodes.shape, g.bond.shape
+    ((4, 115), (4, 4))
+    >>> g.distance[0].tolist()
+    [0.0, 1.0, 2.0, 10000.0]
+  """
   return MolGraph(
     ATOM_FEATURIZER.expand(*ATOM_FEATURIZER.compact(mol)),
     bond_id_matrix(mol),

@@ -268,6 +268,16 @@ def make_batch(
 
   Returns:
     A GraphBatch; see its docstring and ``.helpers/BATCH.md``.
+
+  Examples:
+    >>> mols = featurization.featurize_smiles(["CCO", "C"]).graphs
+    >>> labels = np.array([[1.0], [np.nan]], np.float32)
+    >>> budgets = padding_budgets(mols.n_atoms, batch_size=2)
+    >>> batch = make_batch(mols, labels, [0, 1], budgets)
+    >>> batch.graphs.n_node.tolist(), batch.graphs.n_edge[:2].tolist()
+    ([3, 1, 60], [9, 1])
+    >>> batch.graph_mask.tolist(), batch.label_mask[:, 0].tolist()
+    ([True, True, False], [True, False, False])
   """
   idx = np.asarray(idx, np.int64)
   n = graphs.n_atoms[idx].astype(np.int64)
