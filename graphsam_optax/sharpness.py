@@ -221,6 +221,7 @@ def top_k_eigenvalues(
   params: Any,
   k: int,
   *,
+  init: Any = None,
   key: jax.Array | None = None,
   rtol: float = 1e-3,
   max_iters: int = 100,
@@ -239,7 +240,11 @@ def top_k_eigenvalues(
     loss_fn: scalar function of the parameters.
     params: pytree where the Hessian is taken.
     k: number of eigenpairs, ``1 <= k <= `` number of parameters (static).
-    key: PRNG key for the random start block (default ``jax.random.key(0)``).
+    init: optional start block, a pytree like ``params`` whose leaves carry a
+      leading axis of size ``k`` (for example the previous
+      ``result.eigenvectors``, to warm-start during training).
+    key: PRNG key for a random start block when ``init`` is None (default
+      ``jax.random.key(0)``).
     rtol: relative tolerance on successive Ritz values, ``>= 0``.
     max_iters: cap on block iterations, ``>= 1``.
 
@@ -258,8 +263,11 @@ def top_k_eigenvalues(
   flat, unravel = ravel_pytree(params)
   if not 1 <= k <= flat.size:
     raise ValueError(f"k must be in [1, {flat.size}], got {k}.")
-  key = jax.random.key(0) if key is None else key
-  start = jax.random.normal(key, (flat.size, k), flat.dtype)
+  if init is None:
+    key = jax.random.key(0) if key is None else key
+    start = jax.random.normal(key, (flat.size, k), flat.dtype)
+  else:
+    start = jax.vmap(lambda v: ravel_pytree(v)[0], out_axes=1)(init)
 
   def matvec(column):
     return ravel_pytree(hvp(loss_fn, params, unravel(column)))[0]

@@ -118,6 +118,11 @@ def test_top_k_matches_eigh_on_pytree():
     vector = _flat(jax.tree.map(lambda x, i=i: x[i], result.eigenvectors))
     assert _abs_cos(vector, vectors[:, -1 - i]) > 1 - 1e-4
   assert result.eigenvectors["w"].shape == (3, 2, 3)
+  warm = sharpness.top_k_eigenvalues(
+    _quadratic(a), _params(), 3, init=result.eigenvectors, rtol=1e-5
+  )
+  assert int(warm.num_iterations) == 2
+  np.testing.assert_allclose(warm.eigenvalues, result.eigenvalues, rtol=1e-5)
   with pytest.raises(ValueError, match="k must be"):
     sharpness.top_k_eigenvalues(_quadratic(a), _params(), N + 1)
 
