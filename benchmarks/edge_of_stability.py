@@ -7,9 +7,10 @@ SAM edge, the root of ``lr * l * (1 + rho * l / ||g||) = 2``, which moves with
 the gradient norm ``||g||``.
 
 Task: TPSA regression on the NCI molecules shipped with RDKit
-(``rdkit/Data/NCI/first_5k.tpsa.csv``, read offline), standardized targets,
-features computed here: hashed Morgan count fingerprints (radius 2, 128 bits,
-``log1p``, standardized). Model: a tanh MLP, loss half the mean squared error,
+(``models.datasets``' offline ``nci5k-tpsa``, RDKit's
+``Data/NCI/first_5k.tpsa.csv``), standardized targets, features computed here:
+hashed Morgan count fingerprints (radius 2, 128 bits, ``log1p``,
+standardized). Model: a tanh MLP, loss half the mean squared error,
 optimizer plain gradient descent wrapped in ``graphsam_optax``'s SAM (rho = 0
 is gradient descent). Every ``--every`` steps it records ``||H||`` (power
 iteration with exact Hessian-vector products, warm-started from the last
@@ -40,6 +41,7 @@ import platform
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -58,56 +60,49 @@ NAME = "edge_of_stability"
 FINGERPRINT_BITS = 128
 
 
-def tpsa_csv() -> Path:
-  """The TPSA table that ships with RDKit (no download)."""
-  from rdkit import RDConfig
-
-  return Path(RDConfig.RDDataDir) / "NCI" / "first_5k.tpsa.csv"
-
-
 def load_tpsa(n_molecules: int, seed: int) -> tuple[np.ndarray, ...]:
   """Standardized fingerprint features and TPSA targets of ``n`` molecules.
 
-  Molecules are drawn at random (``seed``) from the 4,999 rows; rows RDKit
-  cannot parse are skipped and counted.
+  The molecules come from ``models.datasets``' offline ``nci5k-tpsa`` (its
+  rows RDKit cannot parse are dropped there and counted here), drawn at
+  random with ``seed``. Features are computed here, since the MLP needs one
+  fixed-size vector per molecule rather than the graphs of
+  ``models.featurization``.
 
   Returns:
     ``(x, y, info)``: ``x`` f32[n, 128], ``y`` f32[n], and a dict with the
-    source, the number of skipped rows and the target's mean and std.
+    source, the dropped rows and the target's mean and std.
   """
-  import rdkit
   from rdkit import Chem
-  from rdkit import RDLogger
   from rdkit.Chem import rdFingerprintGenerator
 
-  RDLogger.DisableLog("rdApp.*")
-  rows = [
-    line.rsplit(",", 1)
-    for line in tpsa_csv().read_text().splitlines()
-    if line and not line.startswith("#")
-  ]
-  order = np.random.default_rng(seed).permutation(len(rows))
+  from models import datasets
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", datasets.InvalidSmilesWarning)
+    table = datasets.load_dataset("nci5k-tpsa", featurize=False, download=False)
+  chosen = np.random.default_rng(seed).permutation(len(table))[:n_molecules]
   generator = rdFingerprintGenerator.GetMorganGenerator(
     radius=2, fpSize=FINGERPRINT_BITS
   )
-  features, targets, skipped = [], [], 0
-  for index in order:
-    smiles, tpsa = rows[index]
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-      skipped += 1
-      continue
-    features.append(generator.GetCountFingerprintAsNumPy(mol))
-    targets.append(float(tpsa))
-    if len(targets) == n_molecules:
-      break
-  x = np.log1p(np.asarray(features, np.float64))
+  x = np.log1p(
+    np.asarray(
+      [
+        generator.GetCountFingerprintAsNumPy(
+          Chem.MolFromSmiles(table.smiles[i])
+        )
+        for i in chosen
+      ],
+      np.float64,
+    )
+  )
   x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
-  y = np.asarray(targets)
+  y = table.labels[chosen, 0].astype(np.float64)
   info = {
-    "source": f"RDKit {rdkit.__version__} Data/NCI/first_5k.tpsa.csv",
-    "molecules": len(targets),
-    "skipped_unparsable": skipped,
+    "source": f"models.datasets nci5k-tpsa (sha256 {table.sha256[:16]})",
+    "rows": table.num_rows,
+    "dropped_unparsable": len(table.dropped),
+    "molecules": len(chosen),
     "target_mean": float(y.mean()),
     "target_std": float(y.std()),
     "features": f"Morgan count fingerprint r=2, {FINGERPRINT_BITS} bits",
