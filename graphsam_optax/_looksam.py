@@ -55,9 +55,12 @@ def looksam(
   words; computed as the part of :math:`g_s - g_t` orthogonal to :math:`g_t`,
   the same vector with a rounding error proportional to
   :math:`\|g_s - g_t\|`, so that ρ = 0 stores exactly zero.) The first step
-  is a SAM step. Divisions are guarded: a zero
-  :math:`g_t` or :math:`g_v` contributes nothing instead of NaN. The params the
-  caller holds are the weights ``w``.
+  is a SAM step. The reused term has norm :math:`\alpha \|g_t\|` whatever
+  ρ is: α, not ρ, sets the strength of the sharpness term between SAM steps
+  (for ρ → 0 it keeps the direction of the Hessian's action, for ρ = 0 it
+  vanishes), so a large α can hold the weights off a sharp minimum. Divisions
+  are guarded: a zero :math:`g_t` or :math:`g_v` contributes nothing instead
+  of NaN. The params the caller holds are the weights ``w``.
 
   .. note::
     Gradient passes per step: two on SAM steps (every ``k``-th, starting with

@@ -219,7 +219,8 @@ def _family_step(factory, base, static):
 def run_family(factory, base, steps, **hyperparameters):
   """Like :func:`run` for ``factory(base optimizer, **hyperparameters)``.
 
-  Numeric hyperparameters are traced, so one compilation per factory, base,
+  Numeric hyperparameters are traced (as under ``optax.inject_hyperparams``:
+  the factory must accept arrays), so one compilation per factory, base,
   static options (booleans, schedules) and set of numeric names serves every
   value a test tries (pass floats as floats: an int retraces).
   """
