@@ -88,6 +88,15 @@ def test_jit_and_no_jit_agree():
   assert eager_passes == jitted_passes == [2, 2, 1, 2]
 
 
+@pytest.mark.parametrize("base", BASES)
+def test_rho_zero_is_the_base_optimizer(base):
+  hyperparameters = dict(HYPERPARAMETERS, rho=0.0)
+  got, passes, _ = ref.run_family(ae_sam, base, 6, **hyperparameters)
+  want, _, _ = ref.base_run(base, 6)
+  ref.assert_history_close(got, want, rtol=1e-6, atol=1e-7)
+  assert 2 in passes  # SAM steps are taken, at the point itself
+
+
 def test_update_requires_params_and_grad_fn():
   tx = ae_sam(optax.sgd(0.1), total_steps=10)
   params = jnp.ones(2)

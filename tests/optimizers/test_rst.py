@@ -52,6 +52,14 @@ def test_p_one_is_sam_and_p_zero_the_base_optimizer(base):
   assert int(state.sam_steps) == 0
 
 
+@pytest.mark.parametrize("base", BASES)
+def test_rho_zero_is_the_base_optimizer(base):
+  got, passes, _ = ref.run_family(rst, base, 6, p=1.0, rho=0.0, seed=0)
+  want, _, _ = ref.base_run(base, 6)
+  ref.assert_history_close(got, want, rtol=1e-6, atol=1e-7)
+  assert passes == [2] * 6
+
+
 def test_p_schedule_is_evaluated_on_the_count():
   p = optax.join_schedules(
     [optax.constant_schedule(0.0), optax.constant_schedule(1.0)], [3]

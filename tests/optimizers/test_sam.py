@@ -75,6 +75,16 @@ def test_zero_gradient_gives_no_perturbation(adaptive):
   assert point["b"].dtype == jnp.bfloat16
 
 
+def test_jit_and_no_jit_agree():
+  jitted, jitted_passes, _ = ref.run_family(
+    sam, "sgd", 3, rho=0.3, adaptive=False, adaptive_eta=0.05
+  )
+  with jax.disable_jit():
+    eager, eager_passes, _ = ref.run(sam(optax.sgd(0.5), 0.3), 3, jit=False)
+  ref.assert_history_close(eager, jitted, rtol=1e-6, atol=1e-7)
+  assert eager_passes == jitted_passes == [2] * 3
+
+
 def test_update_requires_params_and_grad_fn():
   tx = sam(optax.sgd(0.1))
   params = jnp.ones(2)
