@@ -49,12 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from graphsam_optax import sam
 from graphsam_optax import sharpness
-
-try:
-  from graphsam_optax import sam
-except ImportError:  # not re-exported yet: the family module itself
-  from graphsam_optax._sam import sam
 
 NAME = "edge_of_stability"
 FINGERPRINT_BITS = 128

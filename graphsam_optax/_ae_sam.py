@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from graphsam_optax import _sam
+from graphsam_optax import _common
 
 
 class AESAMState(NamedTuple):
@@ -106,7 +106,7 @@ def ae_sam(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from graphsam_optax._ae_sam import ae_sam
+    >>> from graphsam_optax import ae_sam
     >>> loss = lambda w: jnp.sum(w**2 * jnp.array([1.0, 4.0]))
     >>> tx = ae_sam(optax.sgd(0.05), total_steps=10, rho=0.1)
     >>> grad_fn = jax.grad(loss)
@@ -122,21 +122,21 @@ def ae_sam(
     >>> print(int(state.sam_steps), f"{float(loss(params)):.4f}")
     4 0.1152
   """
-  _sam.check_integer(
+  _common.check_integer(
     "total_steps",
     total_steps,
     1,
     "it is the number of steps over which the threshold factor moves from "
     "lambda1 to lambda2.",
   )
-  _sam.check_rho(rho)
-  if _sam.is_concrete(delta) and not 0 <= delta < 1:
+  _common.check_rho(rho)
+  if _common.is_concrete(delta) and not 0 <= delta < 1:
     raise ValueError(
       f"delta must be in [0, 1), got delta={delta!r}: it is the decay of the "
       "moving averages of the squared gradient norm."
     )
   for name, value in (("lambda1", lambda1), ("lambda2", lambda2)):
-    if _sam.is_concrete(value) and not math.isfinite(value):
+    if _common.is_concrete(value) and not math.isfinite(value):
       raise ValueError(
         f"{name} must be finite, got {name}={value!r}: it is an end of the "
         "threshold factor's linear schedule."
@@ -157,10 +157,10 @@ def ae_sam(
     state: AESAMState,
     params: optax.Params | None = None,
     *,
-    grad_fn: _sam.GradFn | None = None,
+    grad_fn: _common.GradFn | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, AESAMState]:
-    _sam.check_call("ae_sam", params, grad_fn)
+    _common.check_call("ae_sam", params, grad_fn)
     squared_norm = optax.tree.norm(updates, squared=True).astype(jnp.float32)
     mean = delta * state.mean + (1 - delta) * squared_norm
     variance = delta * state.variance + (1 - delta) * (squared_norm - mean) ** 2
@@ -170,8 +170,8 @@ def ae_sam(
 
     new_grads = jax.lax.cond(
       is_sam,
-      lambda: _sam.ascent_gradient(
-        updates, params, grad_fn, _sam.value_at(rho, state.count)
+      lambda: _common.ascent_gradient(
+        updates, params, grad_fn, _common.value_at(rho, state.count)
       ),
       lambda: updates,
     )

@@ -1,6 +1,5 @@
 """GraphSAM: sharpness-aware minimization at the cost of the base optimizer."""
 
-from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
 
@@ -8,15 +7,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from graphsam_optax import _common
 from graphsam_optax import _schedules
 
-# Smallest norm we divide by: below it a direction is treated as zero, so zero
-# gradients give a zero perturbation instead of NaN.
-_TINY = 1e-12
 # The authors' code normalizes each tensor s as s / ||s + 1e-8||.
 _AUTHORS_LEAF_EPS = 1e-8
-
-GradFn = Callable[[optax.Params], optax.Updates]
 
 
 class GraphSAMState(NamedTuple):
@@ -44,47 +39,29 @@ class GraphSAMState(NamedTuple):
   inner_state: optax.OptState
 
 
-def _is_concrete(value) -> bool:
-  # Under `optax.inject_hyperparams` the factory is called again with traced
-  # arrays, which cannot be validated and were validated on the first call.
-  return isinstance(value, (int, float))
-
-
 def _validate(rho, beta, anchor_every, adaptive_eta):
-  if _is_concrete(rho) and rho < 0:
-    raise ValueError(
-      f"rho must be >= 0, got rho={rho!r}: it is the radius of the "
-      "perturbation ball (0 turns GraphSAM into its inner optimizer)."
-    )
-  if _is_concrete(beta) and not 0 <= beta <= 1:
+  _common.check_rho(rho)
+  if _common.is_concrete(beta) and not 0 <= beta <= 1:
     raise ValueError(
       f"beta must be in [0, 1], got beta={beta!r}: it is the decay of the "
       "moving average of updating gradients (1 reuses the anchor direction)."
     )
-  if _is_concrete(anchor_every) and (
-    anchor_every < 1 or anchor_every != int(anchor_every)
-  ):
-    raise ValueError(
-      f"anchor_every must be an integer >= 1, got anchor_every="
-      f"{anchor_every!r}: it is the number of steps between true perturbation "
-      "gradients (the paper anchors once per epoch: steps per epoch)."
-    )
-  if _is_concrete(adaptive_eta) and adaptive_eta < 0:
-    raise ValueError(
-      f"adaptive_eta must be >= 0, got adaptive_eta={adaptive_eta!r}."
-    )
-
-
-def _safe_scale(tree, numerator, norm):
-  """``tree * numerator / norm``, or zeros where ``norm`` is (near) zero."""
-  scale = jnp.where(norm > _TINY, numerator / jnp.maximum(norm, _TINY), 0.0)
-  return optax.tree.scale(scale, tree)
+  _common.check_integer(
+    "anchor_every",
+    anchor_every,
+    1,
+    "it is the number of steps between true perturbation gradients (the "
+    "paper anchors once per epoch: steps per epoch).",
+  )
+  _common.check_at_least(
+    "adaptive_eta", adaptive_eta, 0, "it is the offset of ASAM's |w| + eta."
+  )
 
 
 def _clip_to_norm(tree, radius):
   """Scales ``tree`` down to norm ``radius`` if it is longer."""
   norm = optax.tree.norm(tree)
-  return _safe_scale(tree, jnp.minimum(radius, norm), norm)
+  return _common.safe_scale(tree, jnp.minimum(radius, norm), norm)
 
 
 def graphsam(
@@ -198,13 +175,16 @@ def graphsam(
     >>> # Anchor once per "epoch" of 10 steps; halve rho every epoch.
     >>> rho = graphsam_optax.rho_decay_schedule(0.1, 0.5, steps_per_epoch=10)
     >>> tx = graphsam_optax.graphsam(optax.sgd(0.04), anchor_every=10, rho=rho)
-    >>> params = jnp.zeros(2)
-    >>> state = tx.init(params)
-    >>> for step in range(100):
+    >>> @jax.jit
+    ... def step(params, state):
     ...   grads = jax.grad(loss)(params)  # at the held (perturbed) point
     ...   updates, state = tx.update(
     ...       grads, state, params, grad_fn=jax.grad(loss))
-    ...   params = optax.apply_updates(params, updates)
+    ...   return optax.apply_updates(params, updates), state
+    >>> params = jnp.zeros(2)
+    >>> state = tx.init(params)
+    >>> for _ in range(100):
+    ...   params, state = step(params, state)
     >>> w = graphsam_optax.graphsam_eval_params(state, params)
     >>> print(w.round(3), round(float(loss(w)), 6))
     [1. 1.] 0.0
@@ -218,22 +198,18 @@ def graphsam(
       return jax.tree.map(
         lambda s: s / jnp.linalg.norm(s + _AUTHORS_LEAF_EPS), tree
       )
-    return _safe_scale(tree, 1.0, optax.tree.norm(tree))
+    return _common.safe_scale(tree, 1.0, optax.tree.norm(tree))
 
   def perturbation(direction, radius, weights, at_anchor):
     """The offset ``δ`` of norm ``radius`` along ``direction``."""
-    if adaptive:
-      scaling = jax.tree.map(lambda w: jnp.abs(w) + adaptive_eta, weights)
-      scaled = optax.tree.mul(scaling, direction)
-      numerator = optax.tree.mul(scaling, scaled)
-      norm = optax.tree.norm(scaled)
-    else:
-      numerator, norm = direction, optax.tree.norm(direction)
+    numerator, norm = _common.perturbation_direction(
+      direction, weights, adaptive=adaptive, adaptive_eta=adaptive_eta
+    )
     if per_leaf and not at_anchor:
       return jax.tree.map(
-        lambda d: _safe_scale(d, radius, jnp.linalg.norm(d)), numerator
+        lambda d: _common.safe_scale(d, radius, jnp.linalg.norm(d)), numerator
       )
-    delta = _safe_scale(numerator, radius, norm)
+    delta = _common.safe_scale(numerator, radius, norm)
     if per_leaf:
       return jax.tree.map(lambda d: _clip_to_norm(d, radius), delta)
     return delta
@@ -261,7 +237,7 @@ def graphsam(
     state: GraphSAMState,
     params: optax.Params | None = None,
     *,
-    grad_fn: GradFn | None = None,
+    grad_fn: _common.GradFn | None = None,
     **extra_args: Any,
   ):
     if params is None:
@@ -365,13 +341,15 @@ def sam_k(
     >>> import jax, jax.numpy as jnp, optax, graphsam_optax
     >>> loss = lambda w: jnp.sum(w**2 * jnp.array([1.0, 4.0]))
     >>> tx = graphsam_optax.sam_k(optax.sgd(0.1), k=5, rho=0.05)
+    >>> @jax.jit
+    ... def step(params, state):
+    ...   updates, state = tx.update(
+    ...       jax.grad(loss)(params), state, params, grad_fn=jax.grad(loss))
+    ...   return optax.apply_updates(params, updates), state
     >>> params = jnp.ones(2)
     >>> state = tx.init(params)
     >>> for _ in range(20):
-    ...   grads = jax.grad(loss)(params)
-    ...   updates, state = tx.update(
-    ...       grads, state, params, grad_fn=jax.grad(loss))
-    ...   params = optax.apply_updates(params, updates)
+    ...   params, state = step(params, state)
     >>> # With a constant rho the clean weights settle where the gradient at
     >>> # the (reused) perturbed point vanishes, rho away from the minimum.
     >>> print(graphsam_optax.graphsam_eval_params(state, params).round(3))

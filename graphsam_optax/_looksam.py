@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from graphsam_optax import _sam
+from graphsam_optax import _common
 
 
 class LookSAMState(NamedTuple):
@@ -96,7 +96,7 @@ def looksam(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from graphsam_optax._looksam import looksam
+    >>> from graphsam_optax import looksam
     >>> loss = lambda w: jnp.sum(w**2 * jnp.array([1.0, 4.0]))
     >>> tx = looksam(optax.sgd(0.05), k=2, alpha=0.5, rho=0.1)
     >>> grad_fn = jax.grad(loss)
@@ -115,13 +115,13 @@ def looksam(
     0.7762
     0.6308
   """
-  _sam.check_integer(
+  _common.check_integer(
     "k", k, 1, "it is the number of steps between SAM gradients."
   )
-  _sam.check_at_least(
+  _common.check_at_least(
     "alpha", alpha, 0, "it is the weight of the reused sharpness direction."
   )
-  _sam.check_rho(rho)
+  _common.check_rho(rho)
   optimizer = optax.with_extra_args_support(optimizer)
 
   def init_fn(params: optax.Params) -> LookSAMState:
@@ -136,21 +136,21 @@ def looksam(
     state: LookSAMState,
     params: optax.Params | None = None,
     *,
-    grad_fn: _sam.GradFn | None = None,
+    grad_fn: _common.GradFn | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, LookSAMState]:
-    _sam.check_call("looksam", params, grad_fn)
+    _common.check_call("looksam", params, grad_fn)
     grad_norm = optax.tree.norm(updates)
 
     def sam_step():
-      sam_grads = _sam.ascent_gradient(
-        updates, params, grad_fn, _sam.value_at(rho, state.count)
+      sam_grads = _common.ascent_gradient(
+        updates, params, grad_fn, _common.value_at(rho, state.count)
       )
       # g_v is also the part of g_s - g orthogonal to g; computed so, its
       # rounding error scales with ||g_s - g|| (small for small rho), not
       # with ||g_s||, and rho = 0 gives exactly zero.
       change = optax.tree.sub(sam_grads, updates)
-      unit = _sam.safe_scale(updates, 1.0, grad_norm)
+      unit = _common.safe_scale(updates, 1.0, grad_norm)
       along = optax.tree.vdot(unit, change)
       orthogonal = optax.tree.add_scale(change, -along, unit)
       return sam_grads, optax.tree.cast_like(
@@ -159,7 +159,7 @@ def looksam(
 
     def reuse_step():
       direction = state.sharpness_direction
-      reused = _sam.safe_scale(
+      reused = _common.safe_scale(
         direction, alpha * grad_norm, optax.tree.norm(direction)
       )
       combined = optax.tree.add(updates, reused)

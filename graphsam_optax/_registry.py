@@ -253,7 +253,7 @@ def optimizer_names() -> tuple[str, ...]:
   """The names :func:`get_optimizer` accepts, in a fixed order.
 
   Examples:
-    >>> from graphsam_optax._registry import optimizer_names
+    >>> from graphsam_optax import optimizer_names
     >>> print(" ".join(optimizer_names()))
     base sam asam graphsam graphsam_authors sam_k sam_one looksam ae_sam rst
   """
@@ -267,7 +267,7 @@ def optimizer_spec(name: str) -> OptimizerSpec:
     ValueError: if ``name`` is not a registered name; the message lists them.
 
   Examples:
-    >>> from graphsam_optax._registry import optimizer_spec
+    >>> from graphsam_optax import optimizer_spec
     >>> print(optimizer_spec("looksam").describe())  # doctest: +ELLIPSIS
     looksam: LookSAM: a SAM step every k steps; ...
       hyperparameters: k=8, alpha=0.2, rho=0.0001
@@ -330,7 +330,7 @@ def get_optimizer(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from graphsam_optax._registry import get_optimizer
+    >>> from graphsam_optax import get_optimizer
     >>> loss = lambda w: jnp.sum(w**2 * jnp.array([1.0, 4.0]))
     >>> grad_fn = jax.grad(loss)
     >>> def train(tx, steps=20):
@@ -352,7 +352,7 @@ def get_optimizer(
 
     The defaults of every method:
 
-    >>> from graphsam_optax._registry import optimizer_names, optimizer_spec
+    >>> from graphsam_optax import optimizer_names, optimizer_spec
     >>> for name in optimizer_names():
     ...   defaults = optimizer_spec(name).defaults
     ...   print(name, *(f"{k}={v}" for k, v in defaults.items()))

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from graphsam_optax import _sam
+from graphsam_optax import _common
 
 
 class RSTState(NamedTuple):
@@ -91,7 +91,7 @@ def rst(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from graphsam_optax._rst import rst
+    >>> from graphsam_optax import rst
     >>> loss = lambda w: jnp.sum(w**2 * jnp.array([1.0, 4.0]))
     >>> tx = rst(optax.sgd(0.05), p=0.5, rho=0.1, seed=1)
     >>> grad_fn = jax.grad(loss)
@@ -107,11 +107,11 @@ def rst(
     >>> print(int(state.sam_steps), f"{float(loss(params)):.4f}")
     5 0.1021
   """
-  if _sam.is_concrete(p) and not 0 <= p <= 1:
+  if _common.is_concrete(p) and not 0 <= p <= 1:
     raise ValueError(
       f"p must be in [0, 1], got p={p!r}: it is the probability of a SAM step."
     )
-  _sam.check_rho(rho)
+  _common.check_rho(rho)
   if isinstance(seed, bool) or not isinstance(seed, (int, jax.Array)):
     raise ValueError(
       f"seed must be an integer, got seed={seed!r}: it seeds the Bernoulli "
@@ -132,16 +132,16 @@ def rst(
     state: RSTState,
     params: optax.Params | None = None,
     *,
-    grad_fn: _sam.GradFn | None = None,
+    grad_fn: _common.GradFn | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, RSTState]:
-    _sam.check_call("rst", params, grad_fn)
+    _common.check_call("rst", params, grad_fn)
     key, trial_key = jax.random.split(state.key)
-    is_sam = jax.random.uniform(trial_key) < _sam.value_at(p, state.count)
+    is_sam = jax.random.uniform(trial_key) < _common.value_at(p, state.count)
     new_grads = jax.lax.cond(
       is_sam,
-      lambda: _sam.ascent_gradient(
-        updates, params, grad_fn, _sam.value_at(rho, state.count)
+      lambda: _common.ascent_gradient(
+        updates, params, grad_fn, _common.value_at(rho, state.count)
       ),
       lambda: updates,
     )

@@ -1,12 +1,5 @@
-"""SAM and ASAM with the library's calling convention, and their shared parts.
+"""SAM and ASAM with the library's calling convention."""
 
-Every method of the efficient-SAM family (:func:`sam`, LookSAM, AE-SAM, RST)
-takes some of its steps as SAM steps: a second gradient at the ascent point
-``w + ε``. The helpers here compute that point and validate the shared
-hyperparameters, so that each method states only what differs.
-"""
-
-from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
 
@@ -14,119 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# Smallest norm we divide by: below it a direction is treated as zero, so zero
-# gradients give a zero perturbation instead of NaN.
-TINY = 1e-12
-
-GradFn = Callable[[optax.Params], optax.Updates]
-
-
-def is_concrete(value: Any) -> bool:
-  """Whether a hyperparameter is a Python number that can be validated.
-
-  Under ``optax.inject_hyperparams`` a factory is called again with traced
-  arrays; those were validated on the first call and are skipped.
-  """
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_at_least(name: str, value: Any, lower: float, meaning: str) -> None:
-  """Raises ``ValueError`` naming ``name`` when ``value < lower``."""
-  if is_concrete(value) and not value >= lower:
-    raise ValueError(
-      f"{name} must be >= {lower}, got {name}={value!r}: {meaning}"
-    )
-
-
-def check_integer(name: str, value: Any, lower: int, meaning: str) -> None:
-  """Raises ``ValueError`` unless ``value`` is an integer >= ``lower``."""
-  if isinstance(value, jax.Array):
-    return
-  if not isinstance(value, int) or isinstance(value, bool) or value < lower:
-    raise ValueError(
-      f"{name} must be an integer >= {lower}, got {name}={value!r}: {meaning}"
-    )
-
-
-def check_rho(rho: optax.ScalarOrSchedule) -> None:
-  """Validates the radius ρ of a SAM step (a schedule is not checked)."""
-  check_at_least(
-    "rho",
-    rho,
-    0,
-    "it is the radius of the perturbation ball (0 gives the inner optimizer).",
-  )
-
-
-def value_at(
-  hyperparameter: optax.ScalarOrSchedule, count: jax.Array
-) -> jax.Array:
-  """A float or schedule evaluated at the step ``count``, as ``float32[]``."""
-  value = hyperparameter(count) if callable(hyperparameter) else hyperparameter
-  return jnp.asarray(value, dtype=jnp.float32)
-
-
-def check_call(method: str, params: Any, grad_fn: Any) -> None:
-  """Raises ``ValueError`` when ``update`` misses ``params`` or ``grad_fn``."""
-  if params is None:
-    raise ValueError(
-      f"{method} needs params: call tx.update(grads, state, params, "
-      "grad_fn=...) with the params the gradient was taken at."
-    )
-  if grad_fn is None:
-    raise ValueError(
-      f"{method} needs grad_fn: pass tx.update(grads, state, params, "
-      "grad_fn=g) where g(p) returns the gradient of the same batch's loss "
-      "at p; it is called on SAM steps only."
-    )
-
-
-def safe_scale(tree: Any, numerator: jax.Array, norm: jax.Array) -> Any:
-  """``tree * numerator / norm``, or zeros where ``norm`` is (near) zero."""
-  scale = jnp.where(norm > TINY, numerator / jnp.maximum(norm, TINY), 0.0)
-  return optax.tree.scale(scale, tree)
-
-
-def ascent_point(
-  grads: optax.Updates,
-  params: optax.Params,
-  rho: jax.Array,
-  *,
-  adaptive: bool = False,
-  adaptive_eta: float = 0.0,
-) -> optax.Params:
-  r"""The SAM ascent point ``w + ε`` (in the dtypes of ``params``).
-
-  ``ε = ρ g / ||g||``, or with ``adaptive`` the ASAM perturbation
-  ``ε = ρ T² g / ||T g||`` with ``T = |w| + adaptive_eta``. A zero gradient
-  gives ``ε = 0``.
-  """
-  if adaptive:
-    scaling = jax.tree.map(lambda w: jnp.abs(w) + adaptive_eta, params)
-    scaled = optax.tree.mul(scaling, grads)
-    direction, norm = optax.tree.mul(scaling, scaled), optax.tree.norm(scaled)
-  else:
-    direction, norm = grads, optax.tree.norm(grads)
-  perturbation = safe_scale(direction, rho, norm)
-  return jax.tree.map(
-    lambda w, e: (w + e).astype(w.dtype), params, perturbation
-  )
-
-
-def ascent_gradient(
-  grads: optax.Updates,
-  params: optax.Params,
-  grad_fn: GradFn,
-  rho: jax.Array,
-  *,
-  adaptive: bool = False,
-  adaptive_eta: float = 0.0,
-) -> optax.Updates:
-  """The SAM gradient ``grad_fn(w + ε)``, cast like ``grads``: one pass."""
-  point = ascent_point(
-    grads, params, rho, adaptive=adaptive, adaptive_eta=adaptive_eta
-  )
-  return optax.tree.cast_like(grad_fn(point), grads)
+from graphsam_optax import _common
 
 
 class SAMState(NamedTuple):
@@ -209,7 +90,7 @@ def sam(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from graphsam_optax._sam import sam
+    >>> from graphsam_optax import sam
     >>> loss = lambda w: jnp.sum(w**2 * jnp.array([1.0, 4.0]))
     >>> tx = sam(optax.sgd(0.1), rho=0.05)
     >>> grad_fn = jax.grad(loss)
@@ -227,8 +108,8 @@ def sam(
     0.3975
     0.2443
   """
-  check_rho(rho)
-  check_at_least(
+  _common.check_rho(rho)
+  _common.check_at_least(
     "adaptive_eta", adaptive_eta, 0, "it is the offset of ASAM's |w| + eta."
   )
   optimizer = optax.with_extra_args_support(optimizer)
@@ -243,15 +124,15 @@ def sam(
     state: SAMState,
     params: optax.Params | None = None,
     *,
-    grad_fn: GradFn | None = None,
+    grad_fn: _common.GradFn | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, SAMState]:
-    check_call("sam", params, grad_fn)
-    sam_grads = ascent_gradient(
+    _common.check_call("sam", params, grad_fn)
+    sam_grads = _common.ascent_gradient(
       updates,
       params,
       grad_fn,
-      value_at(rho, state.count),
+      _common.value_at(rho, state.count),
       adaptive=adaptive,
       adaptive_eta=adaptive_eta,
     )

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from graphsam_optax._ae_sam import ae_sam
-from graphsam_optax._sam import sam
+from graphsam_optax import ae_sam
+from graphsam_optax import sam
 from tests.optimizers import family_reference as ref
 
 # SGD hands the rule's direction d_t to the weights unscaled: the strictest

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from graphsam_optax._looksam import looksam
-from graphsam_optax._sam import sam
+from graphsam_optax import looksam
+from graphsam_optax import sam
 from tests.optimizers import family_reference as ref
 
 # SGD hands the rule's direction d_t to the weights unscaled: the strictest

@@ -14,9 +14,9 @@ import optax
 import pytest
 
 from graphsam_optax import eval_params
-from graphsam_optax._registry import get_optimizer
-from graphsam_optax._registry import optimizer_names
-from graphsam_optax._registry import optimizer_spec
+from graphsam_optax import get_optimizer
+from graphsam_optax import optimizer_names
+from graphsam_optax import optimizer_spec
 from tests.optimizers import family_reference as ref
 
 NAMES = optimizer_names()

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from graphsam_optax._rst import rst
-from graphsam_optax._sam import sam
+from graphsam_optax import rst
+from graphsam_optax import sam
 from tests.optimizers import family_reference as ref
 
 # SGD hands the rule's direction d_t to the weights unscaled: the strictest

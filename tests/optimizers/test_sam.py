@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from graphsam_optax._sam import ascent_point
-from graphsam_optax._sam import sam
+from graphsam_optax import sam
+from graphsam_optax._common import ascent_point
 from tests.optimizers import family_reference as ref
 
 STEPS = 8

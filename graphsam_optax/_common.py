@@ -1,0 +1,138 @@
+"""Validation and tree helpers shared by the transformations of this library."""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# Smallest norm we divide by: below it a direction is treated as zero, so zero
+# gradients give a zero perturbation instead of NaN.
+TINY = 1e-12
+
+GradFn = Callable[[optax.Params], optax.Updates]
+
+
+def is_concrete(value: Any) -> bool:
+  """Whether a hyperparameter is a Python number that can be validated.
+
+  Under ``optax.inject_hyperparams`` a factory is called again with traced
+  arrays; those were validated on the first call and are skipped.
+  """
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_at_least(name: str, value: Any, lower: float, meaning: str) -> None:
+  """Raises ``ValueError`` naming ``name`` when ``value < lower``."""
+  if is_concrete(value) and not value >= lower:
+    raise ValueError(
+      f"{name} must be >= {lower}, got {name}={value!r}: {meaning}"
+    )
+
+
+def check_integer(name: str, value: Any, lower: int, meaning: str) -> None:
+  """Raises ``ValueError`` unless ``value`` is an integer >= ``lower``."""
+  if isinstance(value, jax.Array):
+    return
+  if not isinstance(value, int) or isinstance(value, bool) or value < lower:
+    raise ValueError(
+      f"{name} must be an integer >= {lower}, got {name}={value!r}: {meaning}"
+    )
+
+
+def check_rho(rho: optax.ScalarOrSchedule) -> None:
+  """Validates the radius ρ of a SAM step (a schedule is not checked)."""
+  check_at_least(
+    "rho",
+    rho,
+    0,
+    "it is the radius of the perturbation ball (0 gives the inner optimizer).",
+  )
+
+
+def value_at(
+  hyperparameter: optax.ScalarOrSchedule, count: jax.Array
+) -> jax.Array:
+  """A float or schedule evaluated at the step ``count``, as ``float32[]``."""
+  value = hyperparameter(count) if callable(hyperparameter) else hyperparameter
+  return jnp.asarray(value, dtype=jnp.float32)
+
+
+def check_call(method: str, params: Any, grad_fn: Any) -> None:
+  """Raises ``ValueError`` when ``update`` misses ``params`` or ``grad_fn``."""
+  if params is None:
+    raise ValueError(
+      f"{method} needs params: call tx.update(grads, state, params, "
+      "grad_fn=...) with the params the gradient was taken at."
+    )
+  if grad_fn is None:
+    raise ValueError(
+      f"{method} needs grad_fn: pass tx.update(grads, state, params, "
+      "grad_fn=g) where g(p) returns the gradient of the same batch's loss "
+      "at p; it is called on SAM steps only."
+    )
+
+
+def safe_scale(tree: Any, numerator: jax.Array, norm: jax.Array) -> Any:
+  """``tree * numerator / norm``, or zeros where ``norm`` is (near) zero."""
+  scale = jnp.where(norm > TINY, numerator / jnp.maximum(norm, TINY), 0.0)
+  return optax.tree.scale(scale, tree)
+
+
+def perturbation_direction(
+  grads: optax.Updates,
+  params: optax.Params,
+  *,
+  adaptive: bool,
+  adaptive_eta: float,
+) -> tuple[optax.Updates, jax.Array]:
+  """SAM's ascent direction and the norm that scales it to radius 1.
+
+  SAM: ``(g, ||g||)``. ASAM: ``(T² g, ||T g||)`` with ``T = |w| +
+  adaptive_eta``, so that ``ρ · direction / norm`` is the perturbation.
+  """
+  if not adaptive:
+    return grads, optax.tree.norm(grads)
+  scaling = jax.tree.map(lambda w: jnp.abs(w) + adaptive_eta, params)
+  scaled = optax.tree.mul(scaling, grads)
+  return optax.tree.mul(scaling, scaled), optax.tree.norm(scaled)
+
+
+def ascent_point(
+  grads: optax.Updates,
+  params: optax.Params,
+  rho: jax.Array,
+  *,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.0,
+) -> optax.Params:
+  r"""The SAM ascent point ``w + ε`` (in the dtypes of ``params``).
+
+  ``ε = ρ g / ||g||``, or with ``adaptive`` the ASAM perturbation
+  ``ε = ρ T² g / ||T g||`` with ``T = |w| + adaptive_eta``. A zero gradient
+  gives ``ε = 0``.
+  """
+  direction, norm = perturbation_direction(
+    grads, params, adaptive=adaptive, adaptive_eta=adaptive_eta
+  )
+  perturbation = safe_scale(direction, rho, norm)
+  return jax.tree.map(
+    lambda w, e: (w + e).astype(w.dtype), params, perturbation
+  )
+
+
+def ascent_gradient(
+  grads: optax.Updates,
+  params: optax.Params,
+  grad_fn: GradFn,
+  rho: jax.Array,
+  *,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.0,
+) -> optax.Updates:
+  """The SAM gradient ``grad_fn(w + ε)``, cast like ``grads``: one pass."""
+  point = ascent_point(
+    grads, params, rho, adaptive=adaptive, adaptive_eta=adaptive_eta
+  )
+  return optax.tree.cast_like(grad_fn(point), grads)
