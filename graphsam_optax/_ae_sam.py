@@ -168,23 +168,21 @@ def ae_sam(
     factor = lambda1 + (lambda2 - lambda1) * progress
     is_sam = squared_norm >= mean + factor * jnp.sqrt(variance)
 
-    new_grads = jax.lax.cond(
+    new_updates, inner_state = _common.sam_or_plain_update(
       is_sam,
-      lambda: _common.ascent_gradient(
-        updates, params, grad_fn, _common.value_at(rho, state.count)
-      ),
-      lambda: updates,
-    )
-    new_updates, inner_state = optimizer.update(
-      new_grads, state.inner_state, params, **extra_args
+      updates,
+      params,
+      grad_fn,
+      _common.value_at(rho, state.count),
+      optimizer,
+      state.inner_state,
+      **extra_args,
     )
     return new_updates, AESAMState(
       count=optax.safe_increment(state.count),
       mean=mean.astype(jnp.float32),
       variance=variance.astype(jnp.float32),
-      sam_steps=jnp.where(
-        is_sam, optax.safe_increment(state.sam_steps), state.sam_steps
-      ),
+      sam_steps=_common.count_if(is_sam, state.sam_steps),
       inner_state=inner_state,
     )
 

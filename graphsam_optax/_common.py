@@ -136,3 +136,31 @@ def ascent_gradient(
     grads, params, rho, adaptive=adaptive, adaptive_eta=adaptive_eta
   )
   return optax.tree.cast_like(grad_fn(point), grads)
+
+
+def sam_or_plain_update(
+  is_sam: jax.Array,
+  updates: optax.Updates,
+  params: optax.Params,
+  grad_fn: GradFn,
+  rho: jax.Array,
+  optimizer: optax.GradientTransformationExtraArgs,
+  inner_state: optax.OptState,
+  **extra_args: Any,
+) -> tuple[optax.Updates, optax.OptState]:
+  """The inner step on the SAM gradient when ``is_sam``, else on ``updates``.
+
+  ``grad_fn`` runs inside the ``lax.cond`` branch of SAM steps only, so a
+  plain step costs no second pass.
+  """
+  grads = jax.lax.cond(
+    is_sam,
+    lambda: ascent_gradient(updates, params, grad_fn, rho),
+    lambda: updates,
+  )
+  return optimizer.update(grads, inner_state, params, **extra_args)
+
+
+def count_if(condition: jax.Array, counter: jax.Array) -> jax.Array:
+  """``counter + 1`` where ``condition`` holds, else ``counter``."""
+  return jnp.where(condition, optax.safe_increment(counter), counter)

@@ -138,22 +138,20 @@ def rst(
     _common.check_call("rst", params, grad_fn)
     key, trial_key = jax.random.split(state.key)
     is_sam = jax.random.uniform(trial_key) < _common.value_at(p, state.count)
-    new_grads = jax.lax.cond(
+    new_updates, inner_state = _common.sam_or_plain_update(
       is_sam,
-      lambda: _common.ascent_gradient(
-        updates, params, grad_fn, _common.value_at(rho, state.count)
-      ),
-      lambda: updates,
-    )
-    new_updates, inner_state = optimizer.update(
-      new_grads, state.inner_state, params, **extra_args
+      updates,
+      params,
+      grad_fn,
+      _common.value_at(rho, state.count),
+      optimizer,
+      state.inner_state,
+      **extra_args,
     )
     return new_updates, RSTState(
       count=optax.safe_increment(state.count),
       key=key,
-      sam_steps=jnp.where(
-        is_sam, optax.safe_increment(state.sam_steps), state.sam_steps
-      ),
+      sam_steps=_common.count_if(is_sam, state.sam_steps),
       inner_state=inner_state,
     )
 
