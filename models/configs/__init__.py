@@ -1,0 +1,1 @@
+"""Training configurations: ``default.get_config(dataset)`` and ``test``."""
