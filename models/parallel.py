@@ -103,8 +103,9 @@ def per_device_budgets(
   """Padding budgets for per-device batches of a global ``batch_size``.
 
   They are :func:`models.input_pipeline.padding_budgets` for
-  ``ceil(batch_size / num_devices)`` molecules, computed on the whole
-  dataset so that every per-device batch fits one.
+  ``ceil(batch_size / num_devices)`` molecules; pass the atom counts of
+  every molecule the batches may hold, so that every per-device batch fits
+  one.
   """
   if num_devices < 1:
     raise ValueError(f"num_devices must be >= 1, got {num_devices}")
@@ -216,12 +217,15 @@ def unstack_batch(
   ]
 
 
-def block_size(batch: input_pipeline.GraphBatch) -> int:
+def block_size(
+  batch: input_pipeline.GraphBatch, fixed: int | None = None
+) -> int:
   """The static block size of a stacked batch: the largest device's.
 
-  In a multi-process run the processes agree on the largest of theirs.
+  ``fixed`` is :func:`models.train.block_size`'s (one block size for every
+  batch). In a multi-process run the processes agree on the largest.
   """
-  size = max(train.block_size(part) for part in unstack_batch(batch))
+  size = max(train.block_size(part, fixed) for part in unstack_batch(batch))
   if jax.process_count() > 1:
     size = int(np.max(multihost_utils.process_allgather(np.int32(size))))
   return size
@@ -248,13 +252,17 @@ def replicate(tree, mesh: Mesh):
 
 
 def make_train_batches(
-  data: input_pipeline.PreparedData, mesh: Mesh
+  data: input_pipeline.PreparedData, mesh: Mesh, fixed: int | None = None
 ) -> Callable[..., Iterator[tuple[input_pipeline.GraphBatch, int, int]]]:
   """Training batches on the mesh, epoch by epoch, for a training loop.
 
   Args:
-    data: the prepared dataset; its per-device budgets are computed once.
+    data: the prepared dataset; per-device budgets are computed once, on its
+      training molecules.
     mesh: from :func:`make_mesh`.
+    fixed: one block size for every batch (``Config.fixed_shapes``; see
+      :func:`models.train.block_size`); then every batch is also padded to
+      the one per-device budget that fits any, so the step compiles once.
 
   Returns:
     ``epoch_batches(epoch, seed=0, drop_last=True)``, an iterator of
@@ -264,9 +272,10 @@ def make_train_batches(
     ``data.train_batches(epoch, seed, drop_last)``, so training on ``D``
     devices sees the same molecules at every step as on one.
   """
-  budgets = per_device_budgets(
-    data.dataset.graphs.n_atoms, data.batch_size, mesh.size
-  )
+  n_atoms = data.dataset.graphs.n_atoms[data.split.train]
+  budgets = per_device_budgets(n_atoms, data.batch_size, mesh.size)
+  if fixed is not None:
+    budgets = budgets[-1:]
   positions = local_positions(mesh)
 
   def epoch_batches(epoch: int, seed: int = 0, drop_last: bool = True):
@@ -287,7 +296,7 @@ def make_train_batches(
         scaler=data.scaler,
         positions=positions,
       )
-      yield shard_batch(batch, mesh), block_size(batch), len(idx)
+      yield shard_batch(batch, mesh), block_size(batch, fixed), len(idx)
 
   return epoch_batches
 

@@ -99,7 +99,7 @@ def run_checks():
     max_atoms = max(parallel.block_size(b) for b in stacked)
     assert max_atoms == max(train.block_size(b) for b in union)
     model = train.create_model(config, labels.shape[1])
-    params = train.init_params(model, union[0], config.seed)
+    params = train.init_params(model, union[0], config.seed, max_atoms)
     one_step = train.make_train_step(model, tx, task_type)
     many_step = parallel.make_parallel_train_step(model, tx, task_type, mesh)
     one = (params, tx.init(params))
@@ -232,3 +232,19 @@ def test_train_batches_are_the_single_device_batches(molecules):
     np.testing.assert_array_equal(labels, single.labels[single.graph_mask])
     assert count == single.graph_mask.sum() == 8
     assert max_atoms == parallel.block_size(jax.device_get(batch))
+
+
+def test_fixed_shapes_give_one_budget_and_block(molecules):
+  graphs, regression, _ = molecules
+  dataset = types.SimpleNamespace(graphs=graphs, labels=regression)
+  split = splits.Split(np.arange(40), np.arange(0), np.arange(0))
+  data = input_pipeline.PreparedData(dataset, split, 8, (), None)
+  epoch_batches = parallel.make_train_batches(
+    data, parallel.make_mesh(1), fixed=64
+  )
+  shapes = {
+    (tuple(batch.graphs.senders.shape), max_atoms)
+    for epoch in range(3)
+    for batch, max_atoms, _ in epoch_batches(epoch)
+  }
+  assert len(shapes) == 1 and shapes.pop()[1] == 64
