@@ -1,0 +1,665 @@
+"""What motivates GraphSAM, measured along a SAM run of CoMPT on BBBP.
+
+GraphSAM (Wang et al., ICLR 2024) saves SAM's first gradient pass by
+predicting the perturbation direction from earlier updating gradients. This
+script measures the observations behind that choice on the paper's
+CoMPT/BBBP set-up (``models.configs.default``: random split, batch 32, Adam
+with the paper's learning-rate schedule) trained with SAM (``rho`` 0.05):
+
+(a) How fast the two gradients change. At every step ``t`` SAM computes the
+    true perturbation gradient ``g_t = grad L_B(w_t)`` and the updating
+    gradient ``omega_t = grad L_B(w_t + rho g_t / ||g_t||)``; both are taken
+    from SAM's own two passes (no extra cost). Recorded: the cosine of
+    successive ``g``'s and of successive ``omega``'s, their norms and
+    relative changes, and ``cos(omega_{t-1}, g_t)``. Successive vectors come
+    from different minibatches, so these include minibatch noise.
+(b) How often each cheap approximation of the perturbation direction points
+    the same way as the true ``g_t``:
+
+    * GraphSAM: ``eps_t = beta eps_{t-1} + (1 - beta) omega_{t-1} /
+      ||omega_{t-1}||``, re-anchored to ``g_t`` at the first step of every
+      epoch; tracked with the anchor normalized (``graphsam_optax``'s
+      default) and raw (the paper's pseudocode);
+    * SAM-k: the ``g`` of the last anchor, anchors every ``k`` steps
+      (``graphsam_optax.sam_k``'s default, ``k = 8``);
+    * SAM-One: the ``g`` of the first step of the epoch.
+
+    "Points the same way" is defined as ``cos(approximation, g_t) > 0``; the
+    mean cosine and the share of steps with ``cos > 0.5`` are reported too,
+    all over the steps where the method uses its approximation (its own
+    anchor steps, where the cosine is 1 by construction, are excluded; the
+    shares over all steps are in the JSON). The paper reports 72.5%
+    (GraphSAM), 56.7% (SAM-k) and 40.1% (SAM-One) without a definition we
+    could confirm, so those numbers may measure something else. Every
+    approximation is a passive observer of the SAM trajectory: all of them
+    see the same weights and minibatches, which isolates the quality of the
+    approximation from the training dynamics it would cause (GraphSAM's
+    ``omega`` would otherwise be taken at its own perturbed point).
+(c) The sharpness reached by Adam, SAM and GraphSAM (``graphsam_optax``
+    registry defaults, ``rho`` decayed per epoch) after the same short
+    schedule from the same initialization and batch order: ``||H||`` by
+    power iteration (``graphsam_optax.sharpness.top_eigenvalue``, exact
+    Hessian-vector products) of the loss on a fixed subset of the training
+    set, at the clean weights (``graphsam_optax.eval_params``).
+
+Run from the repository root (``GRAPHSAM_DATA_DIR`` names the MoleculeNet
+CSVs)::
+
+  python benchmarks/graphsam_observations.py --epochs 4
+  python benchmarks/graphsam_observations.py --smoke --out /tmp/obs
+
+Writes ``graphsam_observations.json``, ``.png`` and ``.md`` to ``--out``
+(default ``benchmarks/results``).
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import graphsam_optax
+from graphsam_optax import sharpness
+from models import input_pipeline
+from models import model as model_lib
+from models import train
+from models.configs import default
+from models.configs import test as test_config
+
+NAME = "graphsam_observations"
+APPROXIMATIONS = ("graphsam", "graphsam_raw_anchor", "sam_k", "sam_one")
+CHANGES = (
+  "cos_successive_g",
+  "cos_successive_omega",
+  "cos_prev_omega_g",
+  "cos_g_omega",
+  "rel_change_g",
+  "rel_change_omega",
+  "grad_norm",
+  "omega_norm",
+)
+PAPER_SHARES = {"graphsam": 0.725, "sam_k": 0.567, "sam_one": 0.401}
+TINY = 1e-30
+
+
+class Observers(NamedTuple):
+  """What the passive observers carry from one SAM step to the next.
+
+  Attributes:
+    prev_g: the previous step's perturbation gradient ``g_{t-1}``.
+    prev_omega: the previous step's updating gradient ``omega_{t-1}``.
+    graphsam: GraphSAM's direction ``eps_{t-1}``, anchor normalized.
+    graphsam_raw_anchor: the same with the raw anchor gradient.
+    sam_k: the ``g`` of SAM-k's last anchor.
+    sam_one: the ``g`` of the epoch's first step.
+  """
+
+  prev_g: Any
+  prev_omega: Any
+  graphsam: Any
+  graphsam_raw_anchor: Any
+  sam_k: Any
+  sam_one: Any
+
+
+def _cosine(a, b) -> jax.Array:
+  norms = optax.tree.norm(a) * optax.tree.norm(b)
+  return optax.tree.vdot(a, b) / jnp.maximum(norms, TINY)
+
+
+def _unit(tree):
+  return optax.tree.scale(1.0 / jnp.maximum(optax.tree.norm(tree), TINY), tree)
+
+
+def observe(
+  observers: Observers,
+  g,
+  omega,
+  count: jax.Array,
+  *,
+  beta: float,
+  k: int,
+  steps_per_epoch: int,
+) -> tuple[Observers, dict[str, jax.Array]]:
+  """One step of every observer and the step's record (scalars).
+
+  Quantities comparing with the previous step are NaN at step 0.
+  """
+  epoch_start = count % steps_per_epoch == 0
+  first = count == 0
+
+  def since_last(value):
+    return jnp.where(first, jnp.nan, value)
+
+  def ema(direction):
+    return optax.tree.update_moment(
+      _unit(observers.prev_omega), direction, beta, 1
+    )
+
+  new = Observers(
+    prev_g=g,
+    prev_omega=omega,
+    graphsam=optax.tree.where(epoch_start, _unit(g), ema(observers.graphsam)),
+    graphsam_raw_anchor=optax.tree.where(
+      epoch_start, g, ema(observers.graphsam_raw_anchor)
+    ),
+    sam_k=optax.tree.where(count % k == 0, g, observers.sam_k),
+    sam_one=optax.tree.where(epoch_start, g, observers.sam_one),
+  )
+  g_norm, omega_norm = optax.tree.norm(g), optax.tree.norm(omega)
+  prev_g_norm = optax.tree.norm(observers.prev_g)
+  prev_omega_norm = optax.tree.norm(observers.prev_omega)
+  record = {
+    "epoch_start": epoch_start,
+    "sam_k_anchor": count % k == 0,
+    "grad_norm": g_norm,
+    "omega_norm": omega_norm,
+    "cos_g_omega": _cosine(g, omega),
+    "cos_successive_g": since_last(_cosine(g, observers.prev_g)),
+    "cos_successive_omega": since_last(_cosine(omega, observers.prev_omega)),
+    "cos_prev_omega_g": since_last(_cosine(observers.prev_omega, g)),
+    "rel_change_g": since_last(
+      optax.tree.norm(optax.tree.sub(g, observers.prev_g))
+      / jnp.maximum(prev_g_norm, TINY)
+    ),
+    "rel_change_omega": since_last(
+      optax.tree.norm(optax.tree.sub(omega, observers.prev_omega))
+      / jnp.maximum(prev_omega_norm, TINY)
+    ),
+  }
+  for name in APPROXIMATIONS:
+    record[f"cos_{name}"] = _cosine(getattr(new, name), g)
+  return new, record
+
+
+def init_observers(params) -> Observers:
+  zeros = optax.tree.zeros_like(params)
+  return Observers(*([zeros] * len(Observers._fields)))
+
+
+def make_observed_sam_step(loss_fn, tx, **observe_kwargs):
+  """A jitted SAM step that also returns the record of both SAM gradients.
+
+  ``loss_fn(params, batch, max_atoms)`` is the minibatch loss and ``tx``
+  must be SAM: its single ``grad_fn`` call gives ``omega_t``, which is
+  captured here rather than recomputed, so observing costs no extra pass.
+  ``observe_kwargs`` go to :func:`observe`.
+  """
+  value_and_grad = jax.value_and_grad(loss_fn)
+  grad = jax.grad(loss_fn)
+
+  @functools.partial(jax.jit, static_argnames="max_atoms")
+  def step(params, opt_state, observers, count, batch, max_atoms):
+    omegas = []
+
+    def grad_fn(p):
+      omegas.append(grad(p, batch, max_atoms))
+      return omegas[-1]
+
+    loss, g = value_and_grad(params, batch, max_atoms)
+    updates, opt_state = tx.update(g, opt_state, params, grad_fn=grad_fn)
+    if len(omegas) != 1:
+      raise ValueError(f"SAM called grad_fn {len(omegas)} times, not once")
+    observers, record = observe(
+      observers, g, omegas[0], count, **observe_kwargs
+    )
+    record["loss"] = loss
+    return optax.apply_updates(params, updates), opt_state, observers, record
+
+  return step
+
+
+def hessian_batch(
+  data: input_pipeline.PreparedData, molecules: int
+) -> input_pipeline.GraphBatch:
+  """The first ``molecules`` training molecules as one padded batch."""
+  idx = data.split.train[:molecules]
+  n_atoms = data.dataset.n_atoms[idx].astype(np.int64)
+  budget = input_pipeline.GraphsTupleSize(
+    n_node=int(n_atoms.sum()) + 1,
+    n_edge=int((n_atoms**2).sum()),
+    n_graph=len(idx) + 1,
+  )
+  return input_pipeline.make_batch(
+    data.dataset.graphs, data.dataset.labels, idx, [budget], scaler=data.scaler
+  )
+
+
+def make_sharpness_fn(loss_fn, rtol: float, max_iters: int):
+  """Jitted ``(params, batch, max_atoms) -> dict`` of ``||H||`` and loss."""
+
+  @functools.partial(jax.jit, static_argnames="max_atoms")
+  def measure(params, batch, max_atoms):
+    def batch_loss(p):
+      return loss_fn(p, batch, max_atoms)
+
+    top = sharpness.top_eigenvalue(
+      batch_loss, params, key=jax.random.key(0), rtol=rtol, max_iters=max_iters
+    )
+    return {
+      "sharpness": jnp.abs(top.eigenvalue),
+      "power_iterations": top.num_iterations,
+      "converged": top.converged,
+      "loss": batch_loss(params),
+    }
+
+  return measure
+
+
+def train_run(
+  config, data, model, params, blocks, observe_kwargs, log=print
+) -> dict:
+  """Trains ``config.optimizer`` for ``config.epochs`` epochs.
+
+  SAM runs with the observers; the other methods with ``train``'s step.
+
+  Returns:
+    The clean final weights, the per-step records (SAM only), the mean
+    training loss per epoch and timings.
+  """
+  task_type = data.dataset.task_type
+  steps_per_epoch = data.steps_per_epoch(config.drop_last)
+  tx = train.create_optimizer(config, steps_per_epoch)
+  opt_state = tx.init(params)
+  observed = config.optimizer == "sam"
+  if observed:
+    step = make_observed_sam_step(
+      train.make_loss_fn(model, task_type),
+      tx,
+      steps_per_epoch=steps_per_epoch,
+      **observe_kwargs,
+    )
+    observers = init_observers(params)
+  else:
+    step = train.make_train_step(model, tx, task_type)
+  records, epoch_losses = [], []
+  start = time.perf_counter()
+  count = 0
+  for epoch in range(config.epochs):
+    losses = []
+    for batch in data.train_batches(epoch, config.seed, config.drop_last):
+      max_atoms = blocks(batch)
+      if observed:
+        params, opt_state, observers, record = step(
+          params, opt_state, observers, jnp.int32(count), batch, max_atoms
+        )
+        records.append(record)
+        loss = record["loss"]
+      else:
+        params, opt_state, loss = step(params, opt_state, batch, max_atoms)
+      losses.append(float(loss))
+      count += 1
+    epoch_losses.append(float(np.mean(losses)))
+    log(
+      f"  {config.optimizer} epoch {epoch + 1}/{config.epochs}: train loss "
+      f"{epoch_losses[-1]:.4f} ({time.perf_counter() - start:.0f} s)"
+    )
+  records = jax.device_get(records)
+  history = {
+    name: [float(r[name]) for r in records] for name in (records or [{}])[0]
+  }
+  return {
+    "params": graphsam_optax.eval_params(opt_state, params),
+    "history": history,
+    "epoch_train_loss": epoch_losses,
+    "steps": count,
+    "seconds": time.perf_counter() - start,
+  }
+
+
+def _share_stats(cosines: np.ndarray) -> dict:
+  return {
+    "steps": int(cosines.size),
+    "share_cos_positive": float(np.mean(cosines > 0)),
+    "share_cos_above_half": float(np.mean(cosines > 0.5)),
+    "mean_cos": float(np.mean(cosines)),
+    "median_cos": float(np.median(cosines)),
+  }
+
+
+def summarize_observations(history: dict) -> dict:
+  """Shares and mean cosines per approximation; change statistics."""
+  epoch_start = np.asarray(history["epoch_start"], bool)
+  anchors = {
+    "graphsam": epoch_start,
+    "graphsam_raw_anchor": epoch_start,
+    "sam_one": epoch_start,
+    "sam_k": np.asarray(history["sam_k_anchor"], bool),
+  }
+  approximations = {}
+  for name in APPROXIMATIONS:
+    cosines = np.asarray(history[f"cos_{name}"])
+    approximations[name] = {
+      **_share_stats(cosines[~anchors[name]]),
+      "all_steps": _share_stats(cosines),
+      "paper_share": PAPER_SHARES.get(name),
+    }
+  changes = {}
+  for name in CHANGES:
+    values = np.asarray(history[name])
+    values = values[np.isfinite(values)]
+    changes[name] = {
+      "mean": float(np.mean(values)),
+      "median": float(np.median(values)),
+      "quartiles": np.quantile(values, [0.25, 0.75]).tolist(),
+    }
+  return {"approximations": approximations, "changes": changes}
+
+
+def _smooth(values, width: int) -> np.ndarray:
+  values = np.asarray(values, float)
+  width = max(1, min(width, values.size))
+  kernel = np.ones(width) / width
+  filled = np.where(np.isfinite(values), values, np.nanmean(values))
+  return np.convolve(filled, kernel, mode="same")
+
+
+def plot(history: dict, sharpness_values: dict, steps_per_epoch, path) -> None:
+  """Four panels: successive cosines, norms, approximations, ``||H||``."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  step = np.arange(len(history["loss"]))
+  width = max(1, steps_per_epoch // 5)
+  fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+  (changes, norms), (approx, bars) = axes
+  for name, label in (
+    ("cos_successive_g", r"$\cos(g_t, g_{t-1})$"),
+    ("cos_successive_omega", r"$\cos(\omega_t, \omega_{t-1})$"),
+    ("cos_prev_omega_g", r"$\cos(\omega_{t-1}, g_t)$"),
+    ("cos_g_omega", r"$\cos(g_t, \omega_t)$"),
+  ):
+    (line,) = changes.plot(step, _smooth(history[name], width), label=label)
+    changes.plot(step, history[name], color=line.get_color(), alpha=0.15)
+  changes.set_ylabel(f"cosine (moving mean of {width} steps)")
+  changes.legend(fontsize=8)
+  norms.semilogy(step, history["grad_norm"], label=r"$\|g_t\|$")
+  norms.semilogy(step, history["omega_norm"], label=r"$\|\omega_t\|$")
+  norms.set_ylabel("gradient norm")
+  norms.legend(fontsize=8)
+  for name in APPROXIMATIONS:
+    (line,) = approx.plot(
+      step, _smooth(history[f"cos_{name}"], width), label=name
+    )
+    approx.plot(
+      step, history[f"cos_{name}"], color=line.get_color(), alpha=0.15
+    )
+  approx.axhline(0, color="k", lw=0.5)
+  approx.set_ylabel(r"cosine with the true $g_t$")
+  approx.legend(fontsize=8)
+  for ax in (changes, norms, approx):
+    for boundary in range(0, step.size, steps_per_epoch):
+      ax.axvline(boundary, color="gray", lw=0.5, ls=":")
+    ax.set_xlabel("SAM step")
+  labels = list(sharpness_values)
+  bars.bar(labels, [sharpness_values[k] for k in labels], color="tab:gray")
+  bars.set_ylabel(r"$\|H\|$ on the fixed training subset")
+  bars.set_title("sharpness at the clean weights")
+  fig.suptitle("GraphSAM's observations along a SAM run (passive observers)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def machine() -> dict:
+  return {
+    "platform": platform.platform(),
+    "processor": platform.processor() or platform.machine(),
+    "cpu_count": os.cpu_count(),
+    "load_average": os.getloadavg(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "optax": optax.__version__,
+    "device": str(jax.devices()[0]),
+  }
+
+
+def markdown(result: dict) -> str:
+  """The short summary written beside the JSON."""
+  cfg = {**result["config"], **result["args"]}
+  obs = result["observations"]
+  lines = [
+    "# GraphSAM's observations on CoMPT",
+    "",
+    f"Command: `{result['command']}`  ",
+    f"Machine: {result['machine']['processor']}, "
+    f"{result['machine']['cpu_count']} CPUs (shared; load average at start "
+    f"{result['machine']['load_average'][0]:.1f}), jax "
+    f"{result['machine']['jax']} on {result['machine']['device']}.  ",
+    f"Data: {cfg['dataset']}, random split seed {cfg['seed']}, batch "
+    f"{cfg['batch_size']}, {result['steps_per_epoch']} steps per epoch, "
+    f"{cfg['epochs']} epochs; model d_model {cfg['d_model']}, "
+    f"{cfg['num_layers']} layers; total {result['seconds']:.0f} s.",
+    "",
+    f"## Approximations of the perturbation direction (SAM, rho "
+    f"{cfg['rho']:g}; beta {cfg['beta']:g}, k {cfg['k']})",
+    "",
+    "Every approximation observes the SAM run passively (same weights and "
+    "minibatches). Steps counted: those where the method uses its "
+    'approximation (its anchor steps excluded). "Same way" means '
+    "cos(approximation, g_t) > 0; the paper's shares may use another "
+    "definition.",
+    "",
+    "| approximation | steps | cos > 0 | cos > 0.5 | mean cos | paper |",
+    "|---|---|---|---|---|---|",
+  ]
+  for name, s in obs["approximations"].items():
+    paper = f"{s['paper_share']:.1%}" if s["paper_share"] else ""
+    lines.append(
+      f"| {name} | {s['steps']} | {s['share_cos_positive']:.1%} | "
+      f"{s['share_cos_above_half']:.1%} | {s['mean_cos']:.3f} | {paper} |"
+    )
+  lines += [
+    "",
+    "## How fast the gradients change between steps",
+    "",
+    "| quantity | mean | median | quartiles |",
+    "|---|---|---|---|",
+  ]
+  for name, s in obs["changes"].items():
+    low, high = s["quartiles"]
+    lines.append(
+      f"| {name} | {s['mean']:.4g} | {s['median']:.4g} | "
+      f"{low:.4g} .. {high:.4g} |"
+    )
+  lines += [
+    "",
+    f"## Sharpness after {cfg['epochs']} epochs (||H|| of the loss on "
+    f"{cfg['hessian_molecules']} training molecules, clean weights)",
+    "",
+    "| weights | ||H|| | loss on the subset | power iterations | "
+    "train loss (last epoch) | valid metric |",
+    "|---|---|---|---|---|---|",
+  ]
+  for name, s in result["sharpness"].items():
+    lines.append(
+      f"| {name} | {s['sharpness']:.4g} | {s['loss']:.4f} | "
+      f"{s['power_iterations']}{'' if s['converged'] else ' (cap)'} | "
+      f"{s.get('train_loss', float('nan')):.4f} | "
+      f"{s.get('valid_metric', float('nan')):.4f} |"
+    )
+  lines += ["", f"![observations]({NAME}.png)", ""]
+  return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", default=None, help="default bbbp")
+  parser.add_argument("--epochs", type=int, default=4)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--rho", type=float, default=0.05)
+  parser.add_argument("--beta", type=float, default=0.99)
+  parser.add_argument(
+    "--k", type=int, default=None, help="SAM-k period (registry default 8)"
+  )
+  parser.add_argument("--hessian-molecules", type=int, default=256)
+  parser.add_argument("--hessian-rtol", type=float, default=1e-3)
+  parser.add_argument("--hessian-iters", type=int, default=100)
+  parser.add_argument("--data-dir", default=None)
+  parser.add_argument("--cache-dir", default=None)
+  parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+  parser.add_argument("--smoke", action="store_true", help="tiny, seconds")
+  args = parser.parse_args(argv)
+  if args.k is None:
+    args.k = graphsam_optax.optimizer_spec("sam_k").defaults["k"]
+  if args.smoke:
+    args.dataset = args.dataset or "nci5k-tpsa"
+    args.epochs, args.hessian_molecules, args.hessian_iters = 2, 16, 20
+  args.dataset = args.dataset or "bbbp"
+  for name in ("epochs", "k", "hessian_molecules", "hessian_iters"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name.replace('_', '-')} must be >= 1")
+  return args
+
+
+def block_sizes(config, data):
+  """Each batch's static block size, as ``train.train_and_evaluate`` picks."""
+  fixed = None
+  if config.fixed_shapes:
+    kept = np.concatenate(list(data.split))
+    fixed = train.ladder(int(data.dataset.n_atoms[kept].max()))
+  return functools.partial(train.block_size, fixed=fixed)
+
+
+def make_config(args) -> default.Config:
+  """The paper's set-up (the tiny test one with ``--smoke``), truncated."""
+  if args.smoke:
+    # The exp kernel: the softmax kernel's Hessian-vector products are NaN
+    # (its row normalization is not twice differentiable on padding rows).
+    config = test_config.get_config(args.dataset).replace(
+      max_molecules=96, kernel="exp"
+    )
+  else:
+    config = default.get_config(args.dataset)
+  return config.replace(epochs=args.epochs, seed=args.seed)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  start = time.perf_counter()
+  command = shlex.join(["python", *sys.argv])
+  info = machine()
+  print(f"command: {command}\nmachine: {info}")
+  config = make_config(args)
+  data = train.prepare_data(config, args.data_dir, args.cache_dir)
+  steps_per_epoch = data.steps_per_epoch(config.drop_last)
+  spec = data.dataset.spec
+  model = train.create_model(config, spec.num_tasks)
+  blocks = block_sizes(config, data)
+  first = next(data.train_batches(0, config.seed, config.drop_last))
+  init = train.init_params(model, first, config.seed, blocks(first))
+  print(
+    f"data: {spec.name}, {len(data.split.train)} training molecules, "
+    f"{steps_per_epoch} steps per epoch; "
+    f"{model_lib.count_params(init)} parameters"
+  )
+  loss_fn = train.make_loss_fn(model, spec.task_type)
+  measure = make_sharpness_fn(loss_fn, args.hessian_rtol, args.hessian_iters)
+  subset = hessian_batch(data, args.hessian_molecules)
+  subset_atoms = train.block_size(subset)
+  predict = train.make_predict(model)
+
+  def sharpness_at(params) -> dict:
+    values = jax.device_get(measure(params, subset, subset_atoms))
+    return {
+      "sharpness": float(values["sharpness"]),
+      "loss": float(values["loss"]),
+      "power_iterations": int(values["power_iterations"]),
+      "converged": bool(values["converged"]),
+    }
+
+  results = {"init": sharpness_at(init)}
+  if not np.isfinite(results["init"]["sharpness"]):
+    raise ValueError(
+      f"||H|| at the initial weights is {results['init']['sharpness']}: the "
+      f"model's Hessian-vector products are not finite (kernel="
+      f"{config.kernel!r}; the softmax kernel is known to give NaN)"
+    )
+  observe_kwargs = {"beta": args.beta, "k": args.k}
+  runs = {}
+  for optimizer, hyperparameters in (
+    ("sam", {"rho": args.rho}),
+    ("adam", {}),
+    ("graphsam", {"rho": args.rho, "beta": args.beta}),
+  ):
+    run_config = config.replace(
+      optimizer=optimizer, hyperparameters=hyperparameters
+    )
+    print(f"{optimizer}: {hyperparameters}")
+    run = train_run(run_config, data, model, init, blocks, observe_kwargs)
+    valid = train.evaluate(
+      predict,
+      run["params"],
+      data.eval_batches("valid"),
+      spec.task_type,
+      data.scaler,
+      blocks,
+    )
+    tic = time.perf_counter()
+    results[optimizer] = {
+      **sharpness_at(run["params"]),
+      "train_loss": run["epoch_train_loss"][-1],
+      "valid_metric": valid[spec.metric],
+      "train_seconds": run["seconds"],
+    }
+    results[optimizer]["hessian_seconds"] = time.perf_counter() - tic
+    print(f"  {optimizer}: {results[optimizer]}")
+    runs[optimizer] = run
+  history = runs["sam"]["history"]
+  result = {
+    "command": command,
+    "machine": info,
+    "args": {**vars(args), "out": str(args.out)},
+    "config": {
+      k: v
+      for k, v in dataclasses.asdict(config).items()
+      if k not in ("optimizer", "hyperparameters")
+    },
+    "steps_per_epoch": steps_per_epoch,
+    "metric": spec.metric,
+    "observations": summarize_observations(history),
+    "sharpness": results,
+    "epoch_train_loss": {k: r["epoch_train_loss"] for k, r in runs.items()},
+    "history": history,
+    "seconds": time.perf_counter() - start,
+  }
+  args.out.mkdir(parents=True, exist_ok=True)
+  (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
+  plot(
+    history,
+    {k: v["sharpness"] for k, v in results.items()},
+    steps_per_epoch,
+    args.out / f"{NAME}.png",
+  )
+  (args.out / f"{NAME}.md").write_text(markdown(result))
+  for name, s in result["observations"]["approximations"].items():
+    print(
+      f"  {name:<20} cos>0 {s['share_cos_positive']:.1%}  cos>0.5 "
+      f"{s['share_cos_above_half']:.1%}  mean cos {s['mean_cos']:.3f}"
+    )
+  print(
+    "  ||H||: "
+    + ", ".join(f"{k} {v['sharpness']:.4g}" for k, v in results.items())
+  )
+  print(
+    f"wrote {args.out / NAME}.json, .png and .md ({result['seconds']:.0f} s)"
+  )
+  return result
+
+
+if __name__ == "__main__":
+  main()
