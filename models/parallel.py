@@ -337,7 +337,9 @@ def make_parallel_value_and_grad(model, task_type: str):
   return value_and_grad
 
 
-def make_parallel_train_step(model, tx, task_type: str, mesh: Mesh):
+def make_parallel_train_step(
+  model, tx, task_type: str, mesh: Mesh, compiler_options=None
+):
   """The data-parallel twin of :func:`models.train.make_train_step`.
 
   Returns ``train_step(params, opt_state, batch, max_atoms)`` ->
@@ -347,6 +349,8 @@ def make_parallel_train_step(model, tx, task_type: str, mesh: Mesh):
   replicated (:func:`replicate`). Every optimizer of the registry runs
   unchanged: it sees the full gradient of the union batch's loss, and
   ``grad_fn`` evaluates that same parallel gradient at other parameters.
+  ``compiler_options`` go to ``jax.jit`` (for example
+  ``models.train.FAST_COMPILE``).
   """
   value_and_grad = make_parallel_value_and_grad(model, task_type)
 
@@ -361,7 +365,9 @@ def make_parallel_train_step(model, tx, task_type: str, mesh: Mesh):
     )
     return optax.apply_updates(params, updates), opt_state, loss
 
-  @functools.partial(jax.jit, static_argnames="max_atoms")
+  @functools.partial(
+    jax.jit, static_argnames="max_atoms", compiler_options=compiler_options
+  )
   def train_step(params, opt_state, batch, max_atoms):
     step = jax.shard_map(
       functools.partial(local_step, max_atoms=max_atoms),

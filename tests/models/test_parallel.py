@@ -99,9 +99,14 @@ def run_checks():
     max_atoms = max(parallel.block_size(b) for b in stacked)
     assert max_atoms == max(train.block_size(b) for b in union)
     model = train.create_model(config, labels.shape[1])
-    params = train.init_params(model, union[0], config.seed, max_atoms)
-    one_step = train.make_train_step(model, tx, task_type)
-    many_step = parallel.make_parallel_train_step(model, tx, task_type, mesh)
+    params = model.init(
+      jax.random.key(config.seed), union[0].graphs, max_atoms
+    )["params"]
+    options = train.FAST_COMPILE  # the same programs, compiled faster
+    one_step = train.make_train_step(model, tx, task_type, options)
+    many_step = parallel.make_parallel_train_step(
+      model, tx, task_type, mesh, options
+    )
     one = (params, tx.init(params))
     many = parallel.replicate(one, mesh)
     for step in range(4):
