@@ -10,33 +10,33 @@ would break), so the split happens on molecule indices, before padding.
 The step (:func:`make_parallel_train_step`) runs under ``jax.jit`` with a
 ``jax.shard_map`` body: parameters and optimizer state are replicated
 (``P()``), the batch is split along the device axis (``P("data")``). Each
-device runs the model on its molecules; the logits, labels and masks of all
-devices are assembled with one ``psum`` (each device writes its block into
-zeros), and :func:`models.train.masked_loss` is taken on the union, so the
-loss is exactly the one-device loss of the union batch (every real label
-weighs the same, wherever it sits). Differentiating through that ``psum`` sums
-the parameter gradients over devices: every device holds the full gradient of
-the union loss, and the optimizer's update (GraphSAM's norms, its anchor
-``lax.cond`` and its ``grad_fn`` pass, which repeats the same parallel
-computation at other parameters) runs replicated on identical numbers.
-``check_vma`` (on by default) verifies when tracing that the returned
-parameters, state and loss are replicated. Communication per gradient pass:
-one all-reduce of the parameter gradients and one of ``[D, G, T]`` logits.
+device runs the model's forward and backward passes on its own molecules.
+Its ``[G, T]`` logits, labels and masks are all-gathered, so
+:func:`models.train.masked_loss` is taken on the union batch exactly as on one
+device (every real label weighs the same wherever it sits, RMSE included);
+each device pulls back the loss gradient of its own logits, and the parameter
+gradients are summed over devices (one all-reduce). Every device then holds
+the full gradient of the union loss, and the optimizer's update (GraphSAM's
+norms, its anchor ``lax.cond`` and its ``grad_fn`` pass, which repeats the
+same parallel computation at other parameters) runs replicated on identical
+numbers: the run is one-device training up to float rounding. The sums are
+explicit (``check_vma=False``) because the model's custom-VJP functions do not
+carry the varying-axis types that automatic summation needs.
 
 Scaling beyond one host (not tested here). On a TPU pod slice or several GPU
-hosts, call ``jax.distributed.initialize()`` at start-up in every process,
+hosts, call ``jax.distributed.initialize()`` at start-up in every process and
 build the mesh over all devices (``make_mesh()``: ``jax.devices()`` is
-global), and let each process build only its own devices' per-device batches
-(:func:`make_device_batch` does this from the mesh: it chooses the common
-budget over all devices' molecule chunks, which every process can compute
-from the shared index order, and featurizes only the local ones).
-:func:`shard_batch` assembles the global array with
-``jax.make_array_from_process_local_data``. Every process must iterate the
-same global batches in the same order (same seed), and call the step
-together; the code above needs no change. Tested here: CPU only, one process,
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (8 virtual devices on
-2 cores: correctness, not speed). No GPU, TPU or multi-process run was
-possible on this machine.
+global). Each process builds only its own devices' per-device batches
+(``make_device_batch(..., positions=local_positions(mesh))``, which
+:func:`make_train_batches` does; the common budget is chosen over all chunks,
+which every process computes from the shared index order), :func:`block_size`
+agrees on the largest block across processes, and :func:`shard_batch`
+assembles the global array with ``jax.make_array_from_process_local_data``.
+Every process must iterate the same global batches in the same order (same
+seed) and call the step together; nothing else changes. Tested here: CPU
+only, one process, ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+(8 virtual devices on 2 cores: correctness, not speed). No GPU, TPU or
+multi-process run was possible on this machine.
 """
 
 from __future__ import annotations
