@@ -54,6 +54,13 @@ class Config:
     batch_size: molecules per batch.
     max_molecules: keep at most this many molecules per split part (the
       first of each shuffled part; None keeps all), for demos and tests.
+    max_molecule_atoms: drop molecules with more atoms (None keeps all), for
+      demos and tests.
+    fixed_shapes: pad every batch to one budget and one block size, so the
+      steps compile once (short runs, tests); the default fits a few
+      budgets and block sizes to the data, faster per step.
+    fast_compile: compile with LLVM's cheapest settings (about half the
+      compile time, slower steps): for tiny models and tests.
     d_model, num_layers, num_heads, kernel, norm, head_layers, readout,
       attention: the model (see ``models.model.CoMPT``).
     optimizer: a ``graphsam_optax`` registry name, or ``"adam"`` (the
@@ -72,6 +79,9 @@ class Config:
   split: str = "random"
   batch_size: int = 32
   max_molecules: int | None = None
+  max_molecule_atoms: int | None = None
+  fixed_shapes: bool = False
+  fast_compile: bool = False
   d_model: int = 256
   num_layers: int = 4
   num_heads: int = 4

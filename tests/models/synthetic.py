@@ -10,6 +10,8 @@ included), padded with `jraph.pad_with_graphs`.
 from __future__ import annotations
 
 import itertools
+import tempfile
+from pathlib import Path
 from typing import NamedTuple
 
 import jraph
@@ -18,6 +20,9 @@ import numpy as np
 ATOM_FEATURES = 115
 BOND_FEATURES = 13
 DISCONNECTED_DISTANCE = 1e4
+# Featurized-molecule cache shared by the training and CLI tests (keyed by
+# file checksum and featurizer version, so reuse across runs is safe).
+TEST_CACHE = Path(tempfile.gettempdir()) / "graphsam-optax-test-cache"
 
 
 class Batch(NamedTuple):
