@@ -99,6 +99,16 @@ _NEG = -1e30
 BONDED_PER_ATOM = 3
 
 
+def _positive_or_one(x):
+  """``x`` where positive, else 1: a divisor that is safe to all orders.
+
+  Padding rows of the softmax kernel sum to 0. ``max(x, 1e-30)`` keeps their
+  value and gradient finite, but its second derivative overflows
+  (``1 / 1e-60``) into NaN Hessian-vector products.
+  """
+  return jnp.where(x > 0, x, 1.0)
+
+
 def mish(x):
   """``x tanh(softplus(x))`` with one exp: ``tanh(log(1 + e)) = n / (n + 2)``
   for ``n = e (e + 2)``, ``e = exp(x)``; equal to ``x`` in float32 above 20."""
@@ -386,7 +396,7 @@ class PairAttention(nn.Module):
       kappa = jnp.where(pairs.block_valid, jnp.exp(-lam * pairs.block_dist), 0)
       if self.kernel == "softmax":  # D_ii = 0 is the row maximum: no overflow
         rows = topo.from_blocks(jnp.sum(kappa, axis=-1))  # [N], 0 if padding
-        kappa = kappa / jnp.maximum(jnp.sum(kappa, -1, keepdims=True), 1e-30)
+        kappa = kappa / _positive_or_one(jnp.sum(kappa, -1, keepdims=True))
       smooth = topo.from_blocks(
         jnp.einsum("gij,gjd->gid", kappa, topo.to_blocks(v))
       )
@@ -401,14 +411,14 @@ class PairAttention(nn.Module):
         rows = jax.ops.segment_sum(
           kappa, pairs.receivers, num_segments=v.shape[0]
         )
-        smooth = smooth_raw / jnp.maximum(rows, 1e-30)[:, None]
+        smooth = smooth_raw / _positive_or_one(rows)[:, None]
       else:
         smooth = smooth_raw
     else:
       raise ValueError(f"layout must be 'dense' or 'sparse', got {self.layout}")
     kappa_bonded = jnp.exp(-lam * pairs.bonded_dist)
     if self.kernel == "softmax":
-      rows = jnp.where(topo.node_real, jnp.maximum(rows, 1e-30), 1.0)
+      rows = jnp.where(topo.node_real, _positive_or_one(rows), 1.0)
       return smooth, kappa_bonded / rows[pairs.bonded_recv], 1.0 / rows
     return smooth, kappa_bonded, jnp.ones(v.shape[0], v.dtype)
 
