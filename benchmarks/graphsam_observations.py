@@ -45,8 +45,17 @@ with the paper's learning-rate schedule) trained with SAM (``rho`` 0.05):
 Run from the repository root (``GRAPHSAM_DATA_DIR`` names the MoleculeNet
 CSVs)::
 
-  python benchmarks/graphsam_observations.py --epochs 4
+  python benchmarks/graphsam_observations.py            # BBBP, 2 epochs
   python benchmarks/graphsam_observations.py --smoke --out /tmp/obs
+
+Every batch is padded to one shape (``Config.fixed_shapes``) and molecules
+of more than ``--max-atoms`` (64) atoms are dropped (13 of BBBP's 2039):
+on 2 shared CPU cores each distinct shape costs over a minute of
+compilation per method. ``||H||`` is measured by at most
+``--hessian-iters`` power iterations on the first ``--hessian-molecules``
+training molecules. The defaults (2 epochs, 128 molecules) fit about 20
+minutes on 2 loaded CPU cores; on a free machine use for example
+``--epochs 5 --hessian-molecules 256``.
 
 Writes ``graphsam_observations.json``, ``.png`` and ``.md`` to ``--out``
 (default ``benchmarks/results``).
@@ -189,18 +198,23 @@ def init_observers(params) -> Observers:
   return Observers(*([zeros] * len(Observers._fields)))
 
 
-def make_observed_sam_step(loss_fn, tx, **observe_kwargs):
+def make_observed_sam_step(
+  loss_fn, tx, compiler_options=None, **observe_kwargs
+):
   """A jitted SAM step that also returns the record of both SAM gradients.
 
   ``loss_fn(params, batch, max_atoms)`` is the minibatch loss and ``tx``
   must be SAM: its single ``grad_fn`` call gives ``omega_t``, which is
   captured here rather than recomputed, so observing costs no extra pass.
-  ``observe_kwargs`` go to :func:`observe`.
+  ``compiler_options`` go to ``jax.jit``, ``observe_kwargs`` to
+  :func:`observe`.
   """
   value_and_grad = jax.value_and_grad(loss_fn)
   grad = jax.grad(loss_fn)
 
-  @functools.partial(jax.jit, static_argnames="max_atoms")
+  @functools.partial(
+    jax.jit, static_argnames="max_atoms", compiler_options=compiler_options
+  )
   def step(params, opt_state, observers, count, batch, max_atoms):
     omegas = []
 
@@ -221,38 +235,88 @@ def make_observed_sam_step(loss_fn, tx, **observe_kwargs):
   return step
 
 
-def hessian_batch(
+class HessianSubset(NamedTuple):
+  """The fixed training subset whose loss ``||H||`` is measured on.
+
+  Attributes:
+    batches: a GraphBatch whose leaves carry a leading chunk axis.
+    weights: f32[chunks], each chunk's share of the subset's labels.
+    max_atoms: the static block size of every chunk.
+  """
+
+  batches: input_pipeline.GraphBatch
+  weights: np.ndarray
+  max_atoms: int
+
+
+def hessian_subset(
   data: input_pipeline.PreparedData, molecules: int
-) -> input_pipeline.GraphBatch:
-  """The first ``molecules`` training molecules as one padded batch."""
+) -> HessianSubset:
+  """The first ``molecules`` training molecules, in chunks of a batch.
+
+  Every chunk is padded to one budget, the tightest that fits all of them,
+  and one block size, so the subset's loss is a single ``lax.map`` (one
+  compilation) at a fraction of the cost of the training budget, which
+  must fit the dataset's largest molecules.
+  """
   idx = data.split.train[:molecules]
-  n_atoms = data.dataset.n_atoms[idx].astype(np.int64)
+  n_atoms = data.dataset.n_atoms.astype(np.int64)
+  chunks = [
+    idx[start : start + data.batch_size]
+    for start in range(0, len(idx), data.batch_size)
+  ]
   budget = input_pipeline.GraphsTupleSize(
-    n_node=int(n_atoms.sum()) + 1,
-    n_edge=int((n_atoms**2).sum()),
-    n_graph=len(idx) + 1,
+    n_node=max(int(n_atoms[c].sum()) for c in chunks) + 1,
+    n_edge=max(int((n_atoms[c] ** 2).sum()) for c in chunks),
+    n_graph=data.batch_size + 1,
   )
-  return input_pipeline.make_batch(
-    data.dataset.graphs, data.dataset.labels, idx, [budget], scaler=data.scaler
+  labels = data.dataset.labels
+  batches = [
+    input_pipeline.make_batch(
+      data.dataset.graphs, labels, c, [budget], scaler=data.scaler
+    )
+    for c in chunks
+  ]
+  total = np.count_nonzero(~np.isnan(labels[idx]))
+  return HessianSubset(
+    batches=jax.tree.map(lambda *x: np.stack(x), *batches),
+    weights=np.array([b.label_mask.sum() / total for b in batches], np.float32),
+    max_atoms=train.ladder(int(n_atoms[idx].max())),
   )
 
 
-def make_sharpness_fn(loss_fn, rtol: float, max_iters: int):
-  """Jitted ``(params, batch, max_atoms) -> dict`` of ``||H||`` and loss."""
+def make_subset_loss(loss_fn, subset: HessianSubset):
+  """``(params, batches) -> loss``: label-weighted mean of chunk losses.
 
-  @functools.partial(jax.jit, static_argnames="max_atoms")
-  def measure(params, batch, max_atoms):
-    def batch_loss(p):
-      return loss_fn(p, batch, max_atoms)
+  For a per-label mean loss (BBBP's cross-entropy) this is the subset's
+  mean loss; for RMSE it is the weighted mean of the chunks' RMSEs.
+  """
+
+  def subset_loss(params, batches):
+    losses = jax.lax.map(
+      lambda b: loss_fn(params, b, subset.max_atoms), batches
+    )
+    return jnp.sum(subset.weights * losses)
+
+  return subset_loss
+
+
+def make_sharpness_fn(subset_loss, rtol: float, max_iters: int):
+  """Jitted ``(params, batches) -> dict`` of ``||H||`` and the loss."""
+
+  @jax.jit
+  def measure(params, batches):
+    def loss(p):
+      return subset_loss(p, batches)
 
     top = sharpness.top_eigenvalue(
-      batch_loss, params, key=jax.random.key(0), rtol=rtol, max_iters=max_iters
+      loss, params, key=jax.random.key(0), rtol=rtol, max_iters=max_iters
     )
     return {
       "sharpness": jnp.abs(top.eigenvalue),
       "power_iterations": top.num_iterations,
       "converged": top.converged,
-      "loss": batch_loss(params),
+      "loss": loss(params),
     }
 
   return measure
@@ -274,16 +338,18 @@ def train_run(
   tx = train.create_optimizer(config, steps_per_epoch)
   opt_state = tx.init(params)
   observed = config.optimizer == "sam"
+  options = compiler_options(config)
   if observed:
     step = make_observed_sam_step(
       train.make_loss_fn(model, task_type),
       tx,
+      options,
       steps_per_epoch=steps_per_epoch,
       **observe_kwargs,
     )
     observers = init_observers(params)
   else:
-    step = train.make_train_step(model, tx, task_type)
+    step = train.make_train_step(model, tx, task_type, options)
   records, epoch_losses = [], []
   start = time.perf_counter()
   count = 0
@@ -300,6 +366,8 @@ def train_run(
       else:
         params, opt_state, loss = step(params, opt_state, batch, max_atoms)
       losses.append(float(loss))
+      if count == 0:
+        first_step = time.perf_counter() - start
       count += 1
     epoch_losses.append(float(np.mean(losses)))
     log(
@@ -316,6 +384,8 @@ def train_run(
     "epoch_train_loss": epoch_losses,
     "steps": count,
     "seconds": time.perf_counter() - start,
+    # The first step includes the compilation.
+    "first_step_seconds": first_step,
   }
 
 
@@ -330,8 +400,13 @@ def _share_stats(cosines: np.ndarray) -> dict:
 
 
 def summarize_observations(history: dict) -> dict:
-  """Shares and mean cosines per approximation; change statistics."""
+  """Shares and mean cosines per approximation; change statistics.
+
+  Each approximation's statistics are over the steps where it is used (its
+  anchor steps excluded), with those over all steps and per epoch beside.
+  """
   epoch_start = np.asarray(history["epoch_start"], bool)
+  epoch = np.cumsum(epoch_start) - 1
   anchors = {
     "graphsam": epoch_start,
     "graphsam_raw_anchor": epoch_start,
@@ -341,9 +416,14 @@ def summarize_observations(history: dict) -> dict:
   approximations = {}
   for name in APPROXIMATIONS:
     cosines = np.asarray(history[f"cos_{name}"])
+    used = ~anchors[name]
     approximations[name] = {
-      **_share_stats(cosines[~anchors[name]]),
+      **_share_stats(cosines[used]),
       "all_steps": _share_stats(cosines),
+      "per_epoch": [
+        _share_stats(cosines[used & (epoch == e)])
+        for e in range(epoch.max() + 1)
+      ],
       "paper_share": PAPER_SHARES.get(name),
     }
   changes = {}
@@ -359,11 +439,13 @@ def summarize_observations(history: dict) -> dict:
 
 
 def _smooth(values, width: int) -> np.ndarray:
+  """Centered moving mean over the finite values within the window."""
   values = np.asarray(values, float)
-  width = max(1, min(width, values.size))
-  kernel = np.ones(width) / width
-  filled = np.where(np.isfinite(values), values, np.nanmean(values))
-  return np.convolve(filled, kernel, mode="same")
+  finite = np.isfinite(values)
+  kernel = np.ones(max(1, width))
+  sums = np.convolve(np.where(finite, values, 0.0), kernel, mode="same")
+  counts = np.convolve(finite.astype(float), kernel, mode="same")
+  return sums / np.maximum(counts, 1)
 
 
 def plot(history: dict, sharpness_values: dict, steps_per_epoch, path) -> None:
@@ -407,6 +489,7 @@ def plot(history: dict, sharpness_values: dict, steps_per_epoch, path) -> None:
     ax.set_xlabel("SAM step")
   labels = list(sharpness_values)
   bars.bar(labels, [sharpness_values[k] for k in labels], color="tab:gray")
+  bars.set_yscale("log")
   bars.set_ylabel(r"$\|H\|$ on the fixed training subset")
   bars.set_title("sharpness at the clean weights")
   fig.suptitle("GraphSAM's observations along a SAM run (passive observers)")
@@ -426,6 +509,10 @@ def machine() -> dict:
     "optax": optax.__version__,
     "device": str(jax.devices()[0]),
   }
+
+
+def _cell(value) -> str:
+  return "" if value is None else f"{value:.4f}"
 
 
 def markdown(result: dict) -> str:
@@ -454,14 +541,19 @@ def markdown(result: dict) -> str:
     "cos(approximation, g_t) > 0; the paper's shares may use another "
     "definition.",
     "",
-    "| approximation | steps | cos > 0 | cos > 0.5 | mean cos | paper |",
-    "|---|---|---|---|---|---|",
+    "| approximation | steps | cos > 0 | cos > 0.5 | mean cos | "
+    "cos > 0 by epoch | paper |",
+    "|---|---|---|---|---|---|---|",
   ]
   for name, s in obs["approximations"].items():
     paper = f"{s['paper_share']:.1%}" if s["paper_share"] else ""
+    by_epoch = " / ".join(
+      f"{e['share_cos_positive']:.0%}" for e in s["per_epoch"]
+    )
     lines.append(
       f"| {name} | {s['steps']} | {s['share_cos_positive']:.1%} | "
-      f"{s['share_cos_above_half']:.1%} | {s['mean_cos']:.3f} | {paper} |"
+      f"{s['share_cos_above_half']:.1%} | {s['mean_cos']:.3f} | "
+      f"{by_epoch} | {paper} |"
     )
   lines += [
     "",
@@ -489,8 +581,7 @@ def markdown(result: dict) -> str:
     lines.append(
       f"| {name} | {s['sharpness']:.4g} | {s['loss']:.4f} | "
       f"{s['power_iterations']}{'' if s['converged'] else ' (cap)'} | "
-      f"{s.get('train_loss', float('nan')):.4f} | "
-      f"{s.get('valid_metric', float('nan')):.4f} |"
+      f"{_cell(s.get('train_loss'))} | {_cell(s.get('valid_metric'))} |"
     )
   lines += ["", f"![observations]({NAME}.png)", ""]
   return "\n".join(lines)
@@ -499,16 +590,22 @@ def markdown(result: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default=None, help="default bbbp")
-  parser.add_argument("--epochs", type=int, default=4)
+  parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--rho", type=float, default=0.05)
   parser.add_argument("--beta", type=float, default=0.99)
   parser.add_argument(
     "--k", type=int, default=None, help="SAM-k period (registry default 8)"
   )
-  parser.add_argument("--hessian-molecules", type=int, default=256)
+  parser.add_argument(
+    "--max-atoms",
+    type=int,
+    default=64,
+    help="drop molecules with more atoms (0 keeps all)",
+  )
+  parser.add_argument("--hessian-molecules", type=int, default=128)
   parser.add_argument("--hessian-rtol", type=float, default=1e-3)
-  parser.add_argument("--hessian-iters", type=int, default=100)
+  parser.add_argument("--hessian-iters", type=int, default=20)
   parser.add_argument("--data-dir", default=None)
   parser.add_argument("--cache-dir", default=None)
   parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -526,6 +623,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
+def compiler_options(config: default.Config) -> dict | None:
+  return train.FAST_COMPILE if config.fast_compile else None
+
+
 def block_sizes(config, data):
   """Each batch's static block size, as ``train.train_and_evaluate`` picks."""
   fixed = None
@@ -536,7 +637,12 @@ def block_sizes(config, data):
 
 
 def make_config(args) -> default.Config:
-  """The paper's set-up (the tiny test one with ``--smoke``), truncated."""
+  """The paper's set-up (the tiny test one with ``--smoke``), truncated.
+
+  Every batch is padded to one shape (``fixed_shapes``): on 2 shared CPU
+  cores each shape costs over a minute of compilation per method, more than
+  the steps it would save; ``--max-atoms`` keeps that shape small.
+  """
   if args.smoke:
     # The exp kernel: the softmax kernel's Hessian-vector products are NaN
     # (its row normalization is not twice differentiable on padding rows).
@@ -544,7 +650,9 @@ def make_config(args) -> default.Config:
       max_molecules=96, kernel="exp"
     )
   else:
-    config = default.get_config(args.dataset)
+    config = default.get_config(args.dataset).replace(
+      fixed_shapes=True, max_molecule_atoms=args.max_atoms or None
+    )
   return config.replace(epochs=args.epochs, seed=args.seed)
 
 
@@ -561,21 +669,33 @@ def main(argv=None) -> dict:
   model = train.create_model(config, spec.num_tasks)
   blocks = block_sizes(config, data)
   first = next(data.train_batches(0, config.seed, config.drop_last))
-  init = train.init_params(model, first, config.seed, blocks(first))
+  init = train.make_init(model, compiler_options(config))(
+    config.seed, first.graphs, blocks(first)
+  )
   print(
     f"data: {spec.name}, {len(data.split.train)} training molecules, "
     f"{steps_per_epoch} steps per epoch; "
     f"{model_lib.count_params(init)} parameters"
   )
   loss_fn = train.make_loss_fn(model, spec.task_type)
-  measure = make_sharpness_fn(loss_fn, args.hessian_rtol, args.hessian_iters)
-  subset = hessian_batch(data, args.hessian_molecules)
-  subset_atoms = train.block_size(subset)
-  predict = train.make_predict(model)
+  subset = hessian_subset(data, args.hessian_molecules)
+  measure = make_sharpness_fn(
+    make_subset_loss(loss_fn, subset), args.hessian_rtol, args.hessian_iters
+  )
+  predict = train.make_predict(model, compiler_options(config))
+  subset_info = {
+    "molecules": int(min(args.hessian_molecules, len(data.split.train))),
+    "chunks": len(subset.weights),
+    "max_atoms": subset.max_atoms,
+    "padded_atoms_per_chunk": int(subset.batches.graphs.nodes.shape[1]),
+  }
+  print(f"hessian subset: {subset_info}")
 
   def sharpness_at(params) -> dict:
-    values = jax.device_get(measure(params, subset, subset_atoms))
+    tic = time.perf_counter()
+    values = jax.device_get(measure(params, subset.batches))
     return {
+      "hessian_seconds": time.perf_counter() - tic,
       "sharpness": float(values["sharpness"]),
       "loss": float(values["loss"]),
       "power_iterations": int(values["power_iterations"]),
@@ -583,6 +703,7 @@ def main(argv=None) -> dict:
     }
 
   results = {"init": sharpness_at(init)}
+  print(f"  init: {results['init']}")
   if not np.isfinite(results["init"]["sharpness"]):
     raise ValueError(
       f"||H|| at the initial weights is {results['init']['sharpness']}: the "
@@ -609,14 +730,13 @@ def main(argv=None) -> dict:
       data.scaler,
       blocks,
     )
-    tic = time.perf_counter()
     results[optimizer] = {
       **sharpness_at(run["params"]),
       "train_loss": run["epoch_train_loss"][-1],
       "valid_metric": valid[spec.metric],
       "train_seconds": run["seconds"],
+      "first_step_seconds": run["first_step_seconds"],
     }
-    results[optimizer]["hessian_seconds"] = time.perf_counter() - tic
     print(f"  {optimizer}: {results[optimizer]}")
     runs[optimizer] = run
   history = runs["sam"]["history"]
@@ -630,6 +750,8 @@ def main(argv=None) -> dict:
       if k not in ("optimizer", "hyperparameters")
     },
     "steps_per_epoch": steps_per_epoch,
+    "training_molecules": len(data.split.train),
+    "hessian_subset": subset_info,
     "metric": spec.metric,
     "observations": summarize_observations(history),
     "sharpness": results,

@@ -137,6 +137,7 @@ def test_summary_excludes_each_methods_own_anchor_steps():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::models.datasets.InvalidSmilesWarning")
 def test_smoke_run_writes_consistent_results(tmp_path, capsys):
   result = obs.main(["--smoke", "--out", str(tmp_path)])
   out = capsys.readouterr().out
