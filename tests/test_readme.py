@@ -20,3 +20,6 @@ def test_readme_python_examples_run(capsys):
   out = capsys.readouterr().out
   loss = float(re.search(r"training loss (\S+)", out).group(1))
   assert loss < 1e-3
+  fit = re.search(r"kernel (\S+) bias (\S+)", out)
+  assert abs(float(fit.group(1)) - 3.0) < 0.05
+  assert abs(float(fit.group(2)) + 1.0) < 0.05
