@@ -7,7 +7,9 @@ Examples::
   graphsam-train --dataset nci5k-tpsa --config test   # offline, seconds
 
 The CSVs are looked for in ``--data-dir``, then ``$GRAPHSAM_DATA_DIR``, then
-the user cache (and downloaded there if missing). Per-epoch metrics go to
+the user cache (and downloaded there if missing). Compiled steps are kept in
+JAX's persistent compilation cache (``--compile-cache``), so a second run
+of the same model starts in seconds. Per-epoch metrics go to
 ``--out`` (``metrics.csv``, ``metrics.json``), with orbax checkpoints: the
 same command run again on the same ``--out`` resumes a killed run. The last
 line printed is a one-line summary. Everything the run does lives in
@@ -20,6 +22,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import jax
 
 from graphsam_optax import _registry
 from models import datasets
@@ -91,7 +95,20 @@ def make_parser() -> argparse.ArgumentParser:
     "--out", type=Path, help="output directory (default runs/<run name>)"
   )
   parser.add_argument(
+    "--compile-cache",
+    default=str(datasets.default_cache_dir() / "jax-compilation"),
+    help="directory of JAX's persistent compilation cache, so that reruns, "
+    "resumed runs and other seeds skip XLA compilation ('' disables; "
+    "default %(default)s)",
+  )
+  parser.add_argument(
     "--no-progress", action="store_true", help="no per-epoch progress bar"
+  )
+  parser.add_argument(
+    "--devices",
+    type=_positive,
+    help="split every training batch over this many devices (data "
+    "parallelism, models.parallel; default: all devices JAX sees)",
   )
   group = parser.add_argument_group(
     "optimizer hyperparameters (registry defaults when not given)"
@@ -151,6 +168,11 @@ def parse_config(
   except ValueError as e:
     named = [k for k in given if k in str(e)] or ["optimizer"]
     parser.error(f"argument --{named[0].replace('_', '-')}: {e}")
+  if args.devices is not None and args.devices > jax.device_count():
+    parser.error(
+      f"argument --devices: {args.devices} > the {jax.device_count()} "
+      "devices JAX sees"
+    )
   if args.data_dir is not None and not args.data_dir.is_dir():
     parser.error(f"argument --data-dir: {args.data_dir} is not a directory")
   return config, args
@@ -159,6 +181,9 @@ def parse_config(
 def main(argv: Sequence[str] | None = None) -> int:
   parser = make_parser()
   config, args = parse_config(parser, argv)
+  if args.compile_cache:
+    jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   out = args.out or Path("runs") / (
     f"{config.dataset}-{config.optimizer}-{args.config}-seed{config.seed}"
   )
@@ -168,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir=args.data_dir,
     cache_dir=args.cache_dir,
     progress=not args.no_progress and sys.stderr.isatty(),
+    num_devices=args.devices,
   )
   metric = summary["metric"]
   print(
