@@ -137,6 +137,20 @@ def dense(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
   )
 
 
+class DenseParams(nn.Module):
+  """The kernel and bias of :func:`dense`, for layers folded into others."""
+
+  features: int
+  fan_in: int
+
+  @nn.compact
+  def __call__(self):
+    shape = (self.fan_in, self.features)
+    kernel = self.param("kernel", nn.initializers.xavier_uniform(), shape)
+    bias = self.param("bias", _torch_bias_init(self.fan_in), (self.features,))
+    return kernel, bias
+
+
 class LayerNorm(nn.Module):
   """CoMPT's layer norm: ``a (x - mean) / (std + eps) + b``, unbiased std."""
 
@@ -342,25 +356,30 @@ class PairAttention(nn.Module):
     d, heads = self.d_model, self.num_heads
     dk = d // heads
     n_nodes = u.shape[0]
-    q = dense(d, d, "query")(u)
     v = dense(d, d, "value")(u)
     lam = self.param("lambda", nn.initializers.constant(self.lambda_init), ())
     lam = jnp.maximum(lam, 0.0)
 
     # Keys are affine in the 13 bond features: k(f) = k_0 + f @ M, where
-    # k_0 is the key of "no bond" and M the key map's linear part.
+    # k_0 is the key of "no bond" and M the key map's linear part. A score
+    # q . k(f) is then q . k_0 + f @ (q . M): per atom and head, 1 + 13
+    # numbers. Queries are used only in scores, so the query map folds into
+    # those 1 + 13 directions: u @ (W_q @ K) replaces the d x d projection.
     basis_keys = dense(d, d, "key")(bond_basis)  # [1 + 13, d]
-    k0 = basis_keys[0]
-    lin = (basis_keys[1:] - k0).reshape(-1, heads, dk)  # [13, H, dk]
-    inv = 1.0 / math.sqrt(dk)
-    qh = q.reshape(n_nodes, heads, dk)
-    s0 = jnp.einsum("nhc,hc->nh", qh, k0.reshape(heads, dk)) * inv  # [N, H]
-    # Score table of every atom against every vocabulary row: [N, V, H].
-    proj = jnp.einsum("nhc,fhc->nhf", qh, lin) * inv  # [N, H, 13]
-    table = jnp.einsum("nhf,vf->nvh", proj, vocabulary)
+    dirs = jnp.concatenate([basis_keys[:1], basis_keys[1:] - basis_keys[0]])
+    n_dir = dirs.shape[0]
+    # Block-diagonal over heads: column (h, f) holds direction f of head h.
+    dirs = dirs.reshape(n_dir, heads, dk)
+    eye = jnp.eye(heads, dtype=dirs.dtype)
+    blocks = jnp.einsum("fhc,hg->hcgf", dirs, eye).reshape(d, heads * n_dir)
+    blocks = blocks / math.sqrt(dk)
+    w_q, b_q = DenseParams(d, d, name="query")()
+    scores = u @ (w_q @ blocks) + b_q @ blocks  # [N, H * 14]
+    scores = scores.reshape(n_nodes, heads, n_dir)
+    s0 = scores[:, :, 0]  # the score of every non-bonded pair: [N, H]
     recv, send = pairs.bonded_recv, pairs.bonded_send
-    flat = table.reshape(-1, heads)
-    sb = s0[recv] + flat[recv * vocabulary.shape[0] + pairs.bonded_bond]
+    feats = vocabulary[pairs.bonded_bond]  # [Nb, 13]
+    sb = s0[recv] + jnp.einsum("phf,pf->ph", scores[recv, :, 1:], feats)
     sb = jnp.where(pairs.bonded_valid[:, None], sb, -jnp.inf)  # [Nb, H]
     m = jnp.maximum(s0, jax.ops.segment_max(sb, recv, num_segments=n_nodes))
     m = jax.lax.stop_gradient(m)
@@ -501,26 +520,28 @@ def _gru_forward(xs, h0, w, b, steps):
 
 
 @jax.custom_vjp
-def gru(xs, h0, w, b, steps):
+def gru(xs, h0, w, b, steps, slots: RowMap):
   """Bidirectional GRU over slots: xs [T, 2, G, 3d] input gates (x W_in +
   b_in), h0 [2, G, d], recurrent w [2, d, 3d], b [2, 3d]; returns the
-  states [T, 2, G, d]. Only the first ``steps`` slots are computed.
+  states [T, 2, G, d]. Only the first ``steps`` slots are computed;
+  ``slots`` (:func:`gru_slots`) tells which slots hold atoms.
 
   Hand-written backward pass: the sequential part is one ``[2, G, 3d] x
-  [2, 3d, d]`` product per active step; the weight gradient is one large
-  product over all steps afterwards, and skipped steps cost nothing (JAX's
-  own transpose of ``lax.cond`` inside ``scan`` is several times slower).
+  [2, 3d, d]`` product per active step, and skipped steps cost nothing
+  (JAX's own transpose of ``lax.cond`` inside ``scan`` is several times
+  slower). The weight gradient is one product over the slots that hold
+  atoms (the others have zero gradient), gathered after the loop.
   """
   return _gru_forward(xs, h0, w, b, steps)[0]
 
 
-def _gru_fwd(xs, h0, w, b, steps):
+def _gru_fwd(xs, h0, w, b, steps, slots):
   hs, gates = _gru_forward(xs, h0, w, b, steps)
-  return hs, (hs, gates, h0, w, steps)
+  return hs, (hs, gates, h0, w, steps, slots)
 
 
 def _gru_bwd(res, dhs):
-  hs, (r, z, c, gn), h0, w, steps = res
+  hs, (r, z, c, gn), h0, w, steps, slots = res
   h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)
 
   def body(dh, inputs):
@@ -546,9 +567,13 @@ def _gru_bwd(res, dhs):
   dh0, (dgs, dxs) = jax.lax.scan(
     body, jnp.zeros_like(h0), (ts, dhs, h_prev, r, z, c, gn), reverse=True
   )
-  dw = jnp.einsum("tkgd,tkge->kde", h_prev, dgs)
-  db = jnp.sum(dgs, axis=(0, 2))
-  return dxs, dh0, dw, db, None
+  d = h0.shape[-1]
+  atoms = slots.transpose()  # rows (atom, direction) <- slots
+  hp = _move_rows(h_prev.reshape(-1, d), atoms).reshape(-1, 2, d)
+  dg = _move_rows(dgs.reshape(-1, 3 * d), atoms).reshape(-1, 2, 3 * d)
+  dw = jnp.einsum("nkd,nke->kde", hp, dg)
+  db = jnp.sum(dg, axis=0)
+  return dxs, dh0, dw, db, None, None
 
 
 gru.defvjp(_gru_fwd, _gru_bwd)
@@ -593,6 +618,7 @@ class GRUReadout(nn.Module):
       w_h,
       b_h,
       jnp.max(topo.n_node),
+      slots,
     )
     states = move_rows(hs.reshape(-1, d), slots.transpose())
     states = states.reshape(-1, 2 * d)  # [N, (fwd, bwd)]
