@@ -202,12 +202,19 @@ def aggregate(records: Sequence[dict]) -> dict:
   return cells
 
 
+def metric_of(dataset: str) -> str:
+  """``"roc_auc"`` or ``"rmse"``, from the dataset registry."""
+  from models import datasets
+
+  return datasets.get_spec(dataset).metric
+
+
 def best_optimizers(cells: dict, dataset: str) -> set[str]:
   """Optimizers with the best mean on ``dataset`` (ties all count)."""
   means = {o: c["mean"] for (d, o), c in cells.items() if d == dataset}
   if not means:
     return set()
-  direction = METRIC_LABELS[cells[(dataset, next(iter(means)))]["metric"]][1]
+  direction = METRIC_LABELS[metric_of(dataset)][1]
   best = max(means.values()) if direction == "max" else min(means.values())
   return {o for o, m in means.items() if m == best}
 
@@ -227,12 +234,8 @@ def markdown_table(
   """Rows optimizers, columns datasets; best mean per column in bold."""
   header = ["Optimizer"]
   for d in datasets:
-    metric = next(
-      (c["metric"] for (dd, _), c in cells.items() if dd == d), None
-    )
-    label = METRIC_LABELS[metric] if metric else ("?", "max")
-    arrow = "↑" if label[1] == "max" else "↓"
-    header.append(f"{d} ({label[0]} {arrow})")
+    label, direction = METRIC_LABELS[metric_of(d)]
+    header.append(f"{d} ({label} {'↑' if direction == 'max' else '↓'})")
   lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
   best = {d: best_optimizers(cells, d) for d in datasets}
   for o in optimizers:
@@ -298,7 +301,7 @@ def plot(cells: dict, datasets, optimizers, records, path: Path) -> None:
   axes = np.atleast_1d(axes)
   x = np.arange(len(optimizers))
   for ax, d in zip(axes, shown, strict=False):
-    metric = next(c["metric"] for (dd, _), c in cells.items() if dd == d)
+    metric = metric_of(d)
     means = [cells.get((d, o), {}).get("mean", np.nan) for o in optimizers]
     stds = [cells.get((d, o), {}).get("std", np.nan) for o in optimizers]
     ax.bar(x, means, yerr=np.nan_to_num(stds), color="#9bb7d4", capsize=3)

@@ -52,13 +52,15 @@ def test_best_follows_the_metric_direction():
 def test_markdown_table_shape_bold_and_missing_cells():
   cells = table1.aggregate(RECORDS)
   text = table1.markdown_table(
-    cells, ["bbbp", "esol"], ["adam", "sam", "graphsam"], num_seeds=2
+    cells, ["bbbp", "esol", "tox21"], ["adam", "sam", "graphsam"], num_seeds=2
   )
   lines = text.splitlines()
-  assert lines[0] == "| Optimizer | bbbp (ROC-AUC ↑) | esol (RMSE ↓) |"
-  assert lines[2].startswith("| Adam | 0.910 ± 0.014 | **1.100 ± 0.141** |")
-  assert lines[3] == "| SAM | **0.940 ± 0.014** | 1.300 (n=1) |"
-  assert lines[4] == "| GraphSAM | — | — |"
+  assert lines[0] == (
+    "| Optimizer | bbbp (ROC-AUC ↑) | esol (RMSE ↓) | tox21 (ROC-AUC ↑) |"
+  )
+  assert lines[2] == "| Adam | 0.910 ± 0.014 | **1.100 ± 0.141** | — |"
+  assert lines[3] == "| SAM | **0.940 ± 0.014** | 1.300 (n=1) | — |"
+  assert lines[4] == "| GraphSAM | — | — | — |"
 
 
 def test_paper_table_quotes_the_reference_numbers():
