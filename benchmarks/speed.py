@@ -5,7 +5,7 @@ configuration), every optimizer starting from the same initial parameters.
 After a warm-up that compiles every batch shape of the measured windows
 (compile time reported per optimizer, never in the timings), the optimizers
 run in repeated *rounds*: in each round every optimizer trains ``--steps``
-steps on the same real batches (round ``r`` is epoch ``r``'s shuffled
+steps on the same real batches (each round another epoch's shuffled
 batches), in an order rotated from round to round, so that drift of a shared
 machine hits every optimizer alike. The window is the optimizers' epoch
 (``steps_per_epoch = --steps``, by default a whole real epoch), so GraphSAM's
@@ -328,7 +328,7 @@ def prepare(args):
       f"--steps must be in [1, {epoch_steps}] (one epoch), got {steps}"
     )
   pipeline_s, windows = [], []
-  for r in range(args.rounds + 1):
+  for r in range(args.rounds):
     tic = time.perf_counter()
     batches = []
     for batch in data.train_batches(r, config.seed, config.drop_last):
@@ -381,10 +381,22 @@ def markdown(result: dict) -> str:
     f"jax {result['machine']['jax']}, optax {result['machine']['optax']}, "
     f"flax {result['machine']['flax']}; {result['machine']['platform']}.",
     "",
-    f"Load average (1, 5, 15 min) before: {result['load_before']}, after: "
-    f"{result['load_after']}. The machine is shared: absolute numbers move "
+    f"Load average (1, 5, 15 min) at start: {result['load_before']}, when "
+    f"the timed rounds began: {result['load_timing_start']}, at the end: "
+    f"{result['load_after']}. On a shared machine absolute numbers move "
     "with its load; ratios are per round, so drift hits all alike.",
     "",
+    *([result["note"], ""] if result["note"] else []),
+    *(
+      [
+        f"A persistent compilation cache ({result['jax_cache']}) was used: "
+        "executables found there load instead of compiling, so their "
+        "compile times are load times.",
+        "",
+      ]
+      if result["jax_cache"]
+      else []
+    ),
     f"Dataset {result['dataset']} ({result['config_name']} config: "
     f"{result['model']}), batch {result['batch_size']}; "
     f"{result['rounds']} rounds of {result['steps']} steps "
@@ -441,7 +453,7 @@ def markdown(result: dict) -> str:
     f"- Evaluation pass (validation, {ev['graphs']} molecules, batches "
     f"prebuilt): {ev['graphs_per_s']['median']:.0f} graphs/s, "
     f"{ev['seconds']['median']:.2f} s; building its batches "
-    f"{ev['batching_s']:.2f} s.",
+    f"{ev['batching_s']['median']:.2f} s.",
     f"- Adam step: {f['per_molecule'] / 1e9:.3f} GFLOP per molecule "
     f"(matmul FLOPs on padded shapes, {f['per_step'] / 1e9:.2f} GFLOP per "
     f"step; the GRU counted over its whole block), "
@@ -508,8 +520,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     "--eval-repeats", type=int, default=3, help="timed evaluation passes"
   )
   parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+  parser.add_argument(
+    "--note", default="", help="a remark on the run for the report"
+  )
   parser.add_argument("--data-dir", help="MoleculeNet CSVs")
   parser.add_argument("--cache-dir", help="downloads and featurized molecules")
+  parser.add_argument(
+    "--jax-cache",
+    help="persistent XLA compilation cache directory (development: the "
+    "compile times then include cache loads, and say so in the report)",
+  )
   parser.add_argument(
     "--smoke",
     action="store_true",
@@ -526,12 +546,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
+  import jax
 
   from models import datasets
 
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   command = shlex.join(["python", "benchmarks/speed.py", *argv])
+  if args.jax_cache:
+    jax.config.update("jax_compilation_cache_dir", args.jax_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   info = machine()
   load_before = [round(x, 2) for x in os.getloadavg()]
   print(f"command: {command}\nmachine: {info}\nload average: {load_before}")
@@ -558,17 +582,16 @@ def main(argv=None) -> dict:
   for r in runners:
     warm_up(r, list(representatives.values()), print)
   predict = fns.predict
-  tic = time.perf_counter()
   valid = list(data.eval_batches("valid"))
-  valid_batching_s = time.perf_counter() - tic
   # Timing only: the initial parameters serve as well as trained ones.
   eval_compile = time_eval(predict, params, valid, data, block_of, 1)
 
   rss["compiled"] = peak_rss_mib()
 
-  # Round 0's batches only served the warm-up; rounds 1.. are timed.
-  eval_s = []
-  for rnd in range(1, args.rounds + 1):
+  load_timing = [round(x, 2) for x in os.getloadavg()]
+  print(f"timing rounds (load average {load_timing})", flush=True)
+  eval_s, valid_batching_s = [], []
+  for rnd in range(args.rounds):
     k = rnd % len(runners)
     order = runners[k:] + runners[:k]
     for r in order:
@@ -576,20 +599,22 @@ def main(argv=None) -> dict:
     eval_s += time_eval(
       predict, params, valid, data, block_of, args.eval_repeats
     )
+    tic = time.perf_counter()
+    valid = list(data.eval_batches("valid"))
+    valid_batching_s.append(time.perf_counter() - tic)
     line = ", ".join(
       f"{r.name} {graphs[rnd] / sum(r.step_times[-1]):.1f}" for r in runners
     )
-    print(f"round {rnd}: graphs/s {line}")
+    print(f"round {rnd + 1}: graphs/s {line}", flush=True)
   rss["end"] = peak_rss_mib()
 
-  timed_graphs = graphs[1:]
-  summary = summarize(runners, timed_graphs, steps)
+  summary = summarize(runners, graphs, steps)
   adam = next((r for r in runners if r.name == "adam"), runners[0])
   sig_flops = signature_flops(adam.step, params, adam.state, representatives)
   round_flops = np.array(
     [
       sum(sig_flops[signature(b, m)] for b, m in zip(w, bl, strict=True))
-      for w, bl in zip(windows[1:], blocks[1:], strict=True)
+      for w, bl in zip(windows, blocks, strict=True)
     ]
   )
   adam_windows = np.array([sum(t) for t in adam.step_times])
@@ -598,7 +623,10 @@ def main(argv=None) -> dict:
     "command": command,
     "machine": info,
     "load_before": load_before,
+    "load_timing_start": load_timing,
     "load_after": [round(x, 2) for x in os.getloadavg()],
+    "note": args.note,
+    "jax_cache": args.jax_cache,
     "dataset": data.dataset.name,
     "config_name": args.config,
     "model": (
@@ -611,7 +639,7 @@ def main(argv=None) -> dict:
     "rounds": args.rounds,
     "steps": steps,
     "steps_per_real_epoch": epoch_steps,
-    "graphs_per_round": timed_graphs[0],
+    "graphs_per_round": graphs[0],
     "batch_shapes": len(representatives),
     "summary": summary,
     "pipeline": {
@@ -623,12 +651,12 @@ def main(argv=None) -> dict:
       "seconds": quartiles(eval_s),
       "graphs_per_s": quartiles(valid_graphs / np.asarray(eval_s)),
       "compile_and_first_s": eval_compile[0],
-      "batching_s": valid_batching_s,
+      "batching_s": quartiles(valid_batching_s),
     },
     "flops": {
       "optimizer": adam.name,
       "per_step": float(round_flops.sum() / (steps * args.rounds)),
-      "per_molecule": float(round_flops.sum() / sum(timed_graphs)),
+      "per_molecule": float(round_flops.sum() / sum(graphs)),
       "achieved_gflops": float(np.median(round_flops / adam_windows) / 1e9),
     },
     "peak_rss_mib": rss,
