@@ -3,7 +3,7 @@
 A batch holds ``batch_size`` molecules. Its edges are all ordered atom pairs
 ``(i <- j)`` of each molecule, self pairs included, never across molecules;
 each pair carries a bond vocabulary id and a topological distance (see
-``.helpers/BATCH.md`` and :mod:`models.featurization`). Batches are padded with
+:class:`GraphBatch` and :mod:`models.featurization`). Batches are padded with
 ``jraph.pad_with_graphs`` to the smallest fitting budget of a small fixed set
 (``padding_budgets``), so a jitted step compiles a handful of shapes per
 dataset rather than one per batch. Padding graphs are masked out by
@@ -37,12 +37,18 @@ class GraphsTupleSize(NamedTuple):
 
 
 class GraphBatch(NamedTuple):
-  """One padded batch (the format of ``.helpers/BATCH.md``).
+  """One padded batch: the format between the input pipeline and the model.
 
   Attributes:
-    graphs: nodes f32[N_pad, 115]; edges {"bond": i32[P_pad], "distance":
-      f32[P_pad]}; senders, receivers i32[P_pad]; n_node, n_edge i32[G_pad];
-      globals None. The last graph(s) are jraph padding graphs.
+    graphs: nodes f32[N_pad, 115], the CoMPT atom features (padding rows 0);
+      edges {"bond": i32[P_pad], "distance": f32[P_pad]}: for the ordered
+      atom pair ``(i <- j)`` the row of ``BondFeaturizer.vocabulary()`` (row 0
+      = not bonded, also self pairs and padding) and the topological distance
+      (0 for ``i == j``, ``DISCONNECTED_DISTANCE`` between fragments);
+      senders (atom ``j``), receivers (atom ``i``) i32[P_pad], global node
+      indices: all ``n * n`` ordered pairs of each molecule, self pairs
+      included, never across molecules; n_node, n_edge (``= n_node ** 2``)
+      i32[G_pad]; globals None. The last graph(s) are jraph padding graphs.
     labels: f32[G_pad, T] targets, 0 where missing or padding (standardized
       when a TargetScaler is given).
     label_mask: bool[G_pad, T] True for present labels of real molecules.
@@ -267,7 +273,7 @@ def make_batch(
     scaler: standardizes labels when given.
 
   Returns:
-    A GraphBatch; see its docstring and ``.helpers/BATCH.md``.
+    A GraphBatch; its docstring describes the fields.
 
   Examples:
     >>> mols = featurization.featurize_smiles(["CCO", "C"]).graphs

@@ -4,10 +4,11 @@ CoMPT (Chen et al., IJCAI 2021) as trained in the GraphSAM paper: atom and
 bond embeddings, layers of attention over all atom pairs of a molecule
 (queries from atoms, keys from bond embeddings, values from atoms, outgoing
 and incoming scores combined, a learnable topological-distance kernel), a
-bidirectional GRU readout and an MLP head. Batches follow
-`.helpers/BATCH.md`: `graphs.nodes` f32[N, 115], `graphs.edges["bond"]`
-i32[P] (row of the bond vocabulary, 0 = not bonded), `graphs.edges
-["distance"]` f32[P], one pair per ordered atom pair of each molecule.
+bidirectional GRU readout and an MLP head. Batches are
+`models.input_pipeline.GraphBatch`: `graphs.nodes` f32[N, 115],
+`graphs.edges["bond"]` i32[P] (row of the bond vocabulary, 0 = not bonded),
+`graphs.edges["distance"]` f32[P], one pair per ordered atom pair of each
+molecule.
 
 The math of one encoder layer (`u = Norm(h)`, shared norm within a layer):
 

@@ -1,4 +1,4 @@
-"""Synthetic molecule-like batches in the format of `.helpers/BATCH.md`.
+"""Synthetic molecule-like batches in the format of `GraphBatch`.
 
 Used by the model and training tests (and by speed measurements) so that they
 need neither RDKit nor a data file: random connected "molecules" (a random
