@@ -40,6 +40,17 @@ Run from the repository root::
   python benchmarks/speed.py --smoke --out /tmp/speed
 
 Writes ``speed.json`` and ``speed.md`` to ``--out``.
+
+Memory: XLA keeps every compiled step, and on BBBP each (optimizer, batch
+shape) executable holds hundreds of MiB; all 10 optimizers over an epoch's 10
+shapes exhausted this machine's 24 GiB (LLVM "Cannot allocate memory" while
+compiling the fifth optimizer). Then time the optimizers in groups, one
+process each with Adam in every group, and merge the reports; every ratio to
+Adam stays within its own group's interleaved rounds::
+
+  python benchmarks/speed.py --optimizers adam graphsam sam asam --out g1
+  python benchmarks/speed.py --optimizers adam sam_k sam_one looksam --out g2
+  python benchmarks/speed.py --combine g1/speed.json g2/speed.json
 """
 
 from __future__ import annotations
@@ -381,11 +392,17 @@ def markdown(result: dict) -> str:
     f"jax {result['machine']['jax']}, optax {result['machine']['optax']}, "
     f"flax {result['machine']['flax']}; {result['machine']['platform']}.",
     "",
-    f"Load average (1, 5, 15 min) at start: {result['load_before']}, when "
-    f"the timed rounds began: {result['load_timing_start']}, at the end: "
-    f"{result['load_after']}. On a shared machine absolute numbers move "
-    "with its load; ratios are per round, so drift hits all alike.",
-    "",
+    *(
+      _groups_lines(result)
+      if "groups" in result
+      else [
+        f"Load average (1, 5, 15 min) at start: {result['load_before']}, "
+        f"when the timed rounds began: {result['load_timing_start']}, at the "
+        f"end: {result['load_after']}. On a shared machine absolute numbers "
+        "move with its load; ratios are per round, so drift hits all alike.",
+        "",
+      ]
+    ),
     *([result["note"], ""] if result["note"] else []),
     *(
       [
@@ -425,8 +442,9 @@ def markdown(result: dict) -> str:
     else:
       passes_text = f"{passes['registry']:.0f}"
     state_ratio = e["state_ratio_to_adam"]
+    group = f" (group {e['group']})" if "group" in e else ""
     lines.append(
-      f"| {n} | {g['median']:.1f} [{g['q1']:.1f}, {g['q3']:.1f}] | "
+      f"| {n}{group} | {g['median']:.1f} [{g['q1']:.1f}, {g['q3']:.1f}] | "
       f"{ratio_text} | {ms['median']:.0f} | "
       f"{e.get('step_cost_vs_adam', math.nan):.3f} | "
       f"{'—' if anchor is None else f'{anchor:.2f}'} | "
@@ -461,7 +479,7 @@ def markdown(result: dict) -> str:
     f"- Peak process memory: {result['peak_rss_mib']['end']:.0f} MiB "
     f"(after set-up {result['peak_rss_mib']['setup']:.0f}, after compiling "
     f"{result['peak_rss_mib']['compiled']:.0f}); one process holds every "
-    "optimizer, so this is not per optimizer.",
+    "optimizer of its group, so this is not per optimizer.",
   ]
   t = result["targets"]
   lines += ["", "Targets (reported, not asserted):", ""]
@@ -488,6 +506,68 @@ def targets(summary: dict) -> list[str]:
         f"{'met' if met else 'not met'}"
       )
   return out
+
+
+def combine(paths: Sequence[Path]) -> dict:
+  """One report from several runs of this script, each of which timed Adam.
+
+  Each optimizer's entry comes from the first run that timed it, so its
+  ratios to Adam are those of its own process's interleaved rounds; Adam's
+  entry is the first run's, and every run's Adam throughput is kept in
+  ``groups``.
+  """
+  runs = [json.loads(Path(p).read_text()) for p in paths]
+  same = ("dataset", "config_name", "batch_size", "steps", "rounds")
+  for path, run in zip(paths, runs, strict=True):
+    if "adam" not in run["summary"]:
+      raise ValueError(
+        f"{path} did not time adam, the reference of its ratios (it timed "
+        f"{', '.join(run['summary'])}); rerun that group with adam in "
+        "--optimizers"
+      )
+    differs = [k for k in same if run[k] != runs[0][k]]
+    if differs:
+      raise ValueError(
+        f"{path} differs from {paths[0]} in {', '.join(differs)}: merged "
+        "groups must measure the same dataset, model, batch and window"
+      )
+  summary = {}
+  for group, run in enumerate(runs, start=1):
+    for name, entry in run["summary"].items():
+      summary.setdefault(name, {**entry, "group": group})
+  groups = [
+    {
+      "command": run["command"],
+      "optimizers": list(run["summary"]),
+      "adam_graphs_per_s": run["summary"]["adam"]["graphs_per_s"]["median"],
+      "load_timing_start": run["load_timing_start"],
+      "load_after": run["load_after"],
+      "peak_rss_mib": run["peak_rss_mib"],
+      "note": run["note"],
+    }
+    for run in runs
+  ]
+  result = {**runs[0], "summary": summary, "groups": groups}
+  result["targets"] = targets(summary)
+  return result
+
+
+def _groups_lines(result: dict) -> list[str]:
+  lines = [
+    f"Measured in {len(result['groups'])} processes, each timing Adam beside "
+    "its group of optimizers (one process holding every optimizer's "
+    "compiled steps for every batch shape ran out of memory); each "
+    "optimizer's ratios to Adam are within its group's interleaved rounds.",
+    "",
+    "| group | command | Adam graphs/s | load when timing began | peak MiB |",
+    "|---|---|---|---|---|",
+  ]
+  for i, g in enumerate(result["groups"], start=1):
+    lines.append(
+      f"| {i} | `{g['command']}` | {g['adam_graphs_per_s']:.1f} | "
+      f"{g['load_timing_start']} | {g['peak_rss_mib']['end']:.0f} |"
+    )
+  return [*lines, ""]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -531,6 +611,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     "compile times then include cache loads, and say so in the report)",
   )
   parser.add_argument(
+    "--combine",
+    nargs="+",
+    type=Path,
+    metavar="JSON",
+    help="merge the speed.json of runs made in separate processes (each "
+    "with adam) into one report under --out; nothing is timed",
+  )
+  parser.add_argument(
     "--smoke",
     action="store_true",
     help="offline dataset, tiny model, 2 rounds of 3 steps (seconds)",
@@ -553,6 +641,8 @@ def main(argv=None) -> dict:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   command = shlex.join(["python", "benchmarks/speed.py", *argv])
+  if args.combine:
+    return write({**combine(args.combine), "command": command}, args.out)
   if args.jax_cache:
     jax.config.update("jax_compilation_cache_dir", args.jax_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -662,12 +752,16 @@ def main(argv=None) -> dict:
     "peak_rss_mib": rss,
   }
   result["targets"] = targets(summary)
-  args.out.mkdir(parents=True, exist_ok=True)
-  (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
+  return write(result, args.out)
+
+
+def write(result: dict, out: Path) -> dict:
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
   text = markdown(result)
-  (args.out / f"{NAME}.md").write_text(text)
+  (out / f"{NAME}.md").write_text(text)
   print(text)
-  print(f"wrote {args.out / NAME}.json and .md")
+  print(f"wrote {out / NAME}.json and .md")
   return result
 
 

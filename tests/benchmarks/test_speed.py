@@ -133,3 +133,46 @@ def test_smoke_times_pipeline_evaluation_and_flops(smoke):
   rss = result["peak_rss_mib"]
   assert 0 < rss["setup"] <= rss["compiled"] <= rss["end"]
   assert len(result["load_before"]) == len(result["load_after"]) == 3
+
+
+def _group(result, names):
+  return {**result, "summary": {n: result["summary"][n] for n in names}}
+
+
+def test_combine_keeps_each_groups_ratios_and_names_the_groups(smoke, tmp_path):
+  _, result, _ = smoke
+  paths = []
+  for i, names in enumerate((("adam", "graphsam"), ("adam", "rst"))):
+    path = tmp_path / f"g{i}.json"
+    path.write_text(json.dumps(_group(result, names)))
+    paths.append(path)
+  merged = speed.main(["--combine", *map(str, paths), "--out", str(tmp_path)])
+  assert list(merged["summary"]) == ["adam", "graphsam", "rst"]
+  assert [e["group"] for e in merged["summary"].values()] == [1, 1, 2]
+  for name in ("graphsam", "rst"):
+    assert (
+      merged["summary"][name]["ratio_to_adam"]
+      == result["summary"][name]["ratio_to_adam"]
+    )
+  assert [g["optimizers"] for g in merged["groups"]] == [
+    ["adam", "graphsam"],
+    ["adam", "rst"],
+  ]
+  text = (tmp_path / "speed.md").read_text()
+  assert "Measured in 2 processes" in text
+  assert "| rst (group 2) |" in text
+  assert merged["command"].startswith("python benchmarks/speed.py --combine")
+
+
+def test_combine_rejects_a_group_without_adam_or_another_set_up(
+  smoke, tmp_path
+):
+  _, result, _ = smoke
+  good, no_adam, other = (tmp_path / f"{n}.json" for n in "abc")
+  good.write_text(json.dumps(result))
+  no_adam.write_text(json.dumps(_group(result, ["rst"])))
+  other.write_text(json.dumps({**result, "steps": result["steps"] + 1}))
+  with pytest.raises(ValueError, match="did not time adam"):
+    speed.combine([good, no_adam])
+  with pytest.raises(ValueError, match="differs .* in steps"):
+    speed.combine([good, other])
