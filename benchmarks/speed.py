@@ -478,7 +478,8 @@ def markdown(result: dict) -> str:
     f"{f['achieved_gflops']:.1f} GFLOP/s achieved.",
     f"- Peak process memory: {result['peak_rss_mib']['end']:.0f} MiB "
     f"(after set-up {result['peak_rss_mib']['setup']:.0f}, after compiling "
-    f"{result['peak_rss_mib']['compiled']:.0f}); one process holds every "
+    f"{result['peak_rss_mib']['compiled']:.0f})"
+    f"{' in group 1' if 'groups' in result else ''}; one process holds every "
     "optimizer of its group, so this is not per optimizer.",
   ]
   t = result["targets"]
@@ -547,7 +548,9 @@ def combine(paths: Sequence[Path]) -> dict:
     }
     for run in runs
   ]
-  result = {**runs[0], "summary": summary, "groups": groups}
+  # The groups' notes and memory are in ``groups``; set-up, pipeline,
+  # evaluation and FLOPs are the first group's.
+  result = {**runs[0], "summary": summary, "groups": groups, "note": ""}
   result["targets"] = targets(summary)
   return result
 
@@ -559,13 +562,15 @@ def _groups_lines(result: dict) -> list[str]:
     "compiled steps for every batch shape ran out of memory); each "
     "optimizer's ratios to Adam are within its group's interleaved rounds.",
     "",
-    "| group | command | Adam graphs/s | load when timing began | peak MiB |",
-    "|---|---|---|---|---|",
+    "| group | command | Adam graphs/s | load when timing began | peak MiB "
+    "| note |",
+    "|---|---|---|---|---|---|",
   ]
   for i, g in enumerate(result["groups"], start=1):
     lines.append(
       f"| {i} | `{g['command']}` | {g['adam_graphs_per_s']:.1f} | "
-      f"{g['load_timing_start']} | {g['peak_rss_mib']['end']:.0f} |"
+      f"{g['load_timing_start']} | {g['peak_rss_mib']['end']:.0f} | "
+      f"{g['note']} |"
     )
   return [*lines, ""]
 
