@@ -26,6 +26,12 @@ Run from the repository root::
   python benchmarks/table1.py ... --report-only     # rewrite the report
 
 The same command with ``--report-only`` rewrites the report from the JSONL.
+
+Known issue: XLA keeps every compiled step, and one process running many
+CoMPT runs on this 2-core, 24 GiB machine failed after about five of them
+(LLVM "Cannot allocate memory" while compiling the next). Until each run
+gets its own process here, run long grids one cell per invocation (the
+JSONL makes that resumable); ``--jax-cache`` keeps recompiling cheap.
 """
 
 from __future__ import annotations
