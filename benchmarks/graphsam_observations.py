@@ -672,15 +672,6 @@ def compiler_options(config: default.Config) -> dict | None:
   return train.FAST_COMPILE if config.fast_compile else None
 
 
-def block_sizes(config, data):
-  """Each batch's static block size, as ``train.train_and_evaluate`` picks."""
-  fixed = None
-  if config.fixed_shapes:
-    kept = np.concatenate(list(data.split))
-    fixed = train.ladder(int(data.dataset.n_atoms[kept].max()))
-  return functools.partial(train.block_size, fixed=fixed)
-
-
 def make_config(args) -> default.Config:
   """The paper's set-up (the tiny test one with ``--smoke``), truncated.
 
@@ -712,7 +703,7 @@ def main(argv=None) -> dict:
   steps_per_epoch = data.steps_per_epoch(config.drop_last)
   spec = data.dataset.spec
   model = train.create_model(config, spec.num_tasks)
-  blocks = block_sizes(config, data)
+  blocks = train.block_function(config, data)
   first = next(data.train_batches(0, config.seed, config.drop_last))
   init = train.make_init(model, compiler_options(config))(
     config.seed, first.graphs, blocks(first)

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -305,17 +304,6 @@ def summarize(runners, rounds_graphs, steps, adam_name="adam") -> dict:
   return out
 
 
-def block_function(config, data):
-  """Each batch's static block size, as ``train_and_evaluate`` picks it."""
-  from models import train
-
-  fixed = None
-  if config.fixed_shapes:
-    kept = np.concatenate(list(data.split))
-    fixed = train.ladder(int(data.dataset.n_atoms[kept].max()))
-  return functools.partial(train.block_size, fixed=fixed)
-
-
 def prepare(args):
   """Data, model, initial parameters and the measured windows' batches."""
   from models import train
@@ -350,7 +338,7 @@ def prepare(args):
     windows.append(batches)
   spec = data.dataset.spec
   fns = train.build(config, spec.num_tasks, spec.task_type, steps)
-  blocks = block_function(config, data)
+  blocks = train.block_function(config, data)
   first = windows[0][0]
   params = fns.init(config.seed, first.graphs, blocks(first))
   return config, data, fns, params, steps, epoch_steps, windows, pipeline_s
@@ -642,6 +630,7 @@ def main(argv=None) -> dict:
   import jax
 
   from models import datasets
+  from models import train
 
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
@@ -659,7 +648,7 @@ def main(argv=None) -> dict:
     config, data, fns, params, steps, epoch_steps, windows, pipeline_s = (
       prepare(args)
     )
-  block_of = block_function(config, data)
+  block_of = train.block_function(config, data)
   blocks = [[block_of(b) for b in w] for w in windows]
   graphs = [int(sum(b.graph_mask.sum() for b in w)) for w in windows]
   representatives = {}

@@ -100,6 +100,26 @@ def block_size(
   return fixed
 
 
+def fixed_block_size(
+  config: default.Config, data: input_pipeline.PreparedData
+) -> int | None:
+  """The one block size of ``config.fixed_shapes`` runs, else None.
+
+  It is the ladder step of the largest molecule kept in any split part.
+  """
+  if not config.fixed_shapes:
+    return None
+  kept = np.concatenate(list(data.split))
+  return ladder(int(data.dataset.n_atoms[kept].max()))
+
+
+def block_function(
+  config: default.Config, data: input_pipeline.PreparedData
+) -> Callable[[input_pipeline.GraphBatch], int]:
+  """Each batch's static block size for ``config`` on ``data``."""
+  return functools.partial(block_size, fixed=fixed_block_size(config, data))
+
+
 def bond_vocabulary() -> tuple:
   """The pipeline's bond vocabulary in the hashable form CoMPT takes."""
   return model_lib.bond_vocabulary_tuple(
@@ -575,10 +595,7 @@ def train_and_evaluate(
       f"{config.batch_size}"
     )
   fns = build(config, spec.num_tasks, spec.task_type, steps_per_epoch)
-  fixed = None
-  if config.fixed_shapes:
-    kept = np.concatenate(list(data.split))
-    fixed = ladder(int(data.dataset.n_atoms[kept].max()))
+  fixed = fixed_block_size(config, data)
   blocks = functools.partial(block_size, fixed=fixed)
   first = next(data.train_batches(0, config.seed, config.drop_last))
   params = fns.init(config.seed, first.graphs, blocks(first))
