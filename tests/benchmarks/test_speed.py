@@ -2,10 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +9,8 @@ import numpy as np
 import pytest
 
 from benchmarks import speed
+from tests.benchmarks import scripts
 
-ROOT = Path(__file__).parents[2]
 OPTIMIZERS = ("adam", "graphsam", "rst")
 
 
@@ -46,28 +42,15 @@ def test_matmul_flops_sees_inside_jit_and_grad():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
   out = tmp_path_factory.mktemp("speed")
-  env = {
-    **os.environ,
-    "PYTHONPATH": f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""),
-  }
-  done = subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / "benchmarks" / "speed.py"),
-      "--smoke",
-      "--optimizers",
-      *OPTIMIZERS,
-      "--out",
-      str(out),
-      "--cache-dir",
-      str(out / "cache"),
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-    cwd=ROOT,
-    env=env,
+  done = scripts.run_script(
+    "speed.py",
+    "--smoke",
+    "--optimizers",
+    *OPTIMIZERS,
+    "--out",
+    str(out),
+    "--cache-dir",
+    str(out / "cache"),
   )
   assert done.returncode == 0, done.stderr[-3000:]
   return done.stdout, json.loads((out / "speed.json").read_text()), out

@@ -2,16 +2,11 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks import table1
-
-ROOT = Path(__file__).parents[2]
+from tests.benchmarks import scripts
 
 
 def _record(dataset, optimizer, seed, test, metric):
@@ -88,29 +83,16 @@ SMOKE_ARGS = [
 
 
 def _run(tmp, *extra):
-  env = {
-    **os.environ,
-    "PYTHONPATH": f"{ROOT}{os.pathsep}" + os.environ.get("PYTHONPATH", ""),
-  }
-  return subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / "benchmarks" / "table1.py"),
-      *SMOKE_ARGS,
-      "--out",
-      str(tmp / "out"),
-      "--workdir",
-      str(tmp / "work"),
-      "--cache-dir",
-      str(tmp / "cache"),
-      *extra,
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-    cwd=ROOT,
-    env=env,
+  return scripts.run_script(
+    "table1.py",
+    *SMOKE_ARGS,
+    "--out",
+    str(tmp / "out"),
+    "--workdir",
+    str(tmp / "work"),
+    "--cache-dir",
+    str(tmp / "cache"),
+    *extra,
   )
 
 
