@@ -27,21 +27,23 @@ Run from the repository root::
 
 The same command with ``--report-only`` rewrites the report from the JSONL.
 
-Known issue: XLA keeps every compiled step, and one process running many
-CoMPT runs on this 2-core, 24 GiB machine failed after about five of them
-(LLVM "Cannot allocate memory" while compiling the next). Until each run
-gets its own process here, run long grids one cell per invocation (the
-JSONL makes that resumable); ``--jax-cache`` keeps recompiling cheap.
+Every run trains in a fresh child process: XLA keeps every compiled step,
+and one process running many CoMPT runs on this 2-core, 24 GiB machine
+failed after about five of them (LLVM "Cannot allocate memory" while
+compiling the next). The persistent compilation cache (``--jax-cache``)
+lets each new process reuse the steps compiled before.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shlex
@@ -185,6 +187,7 @@ def run_one(
     "wall_seconds": summary["wall_seconds"],
     "graphs_per_s": summary["graphs_per_s"],
     "num_params": summary["num_params"],
+    "pid": os.getpid(),
     "finished": datetime.datetime.now().isoformat(timespec="seconds"),
     "config": dataclasses.asdict(config),
   }
@@ -459,11 +462,29 @@ def base_datasets() -> list[str]:
   return list(default.MODEL_SIZES)
 
 
+def run_in_child(
+  dataset: str, optimizer: str, seed: int, args: argparse.Namespace
+) -> dict:
+  """``run_one`` as the whole life of a fresh process (see the docstring)."""
+  import jax
+
+  from models import datasets
+
+  jax_cache = args.jax_cache or str(args.workdir / "jax_cache")
+  if jax_cache != "none":
+    jax.config.update("jax_compilation_cache_dir", jax_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  with warnings.catch_warnings():
+    # Every load of BBBP reports the same 11 unparseable SMILES.
+    warnings.simplefilter("ignore", datasets.InvalidSmilesWarning)
+    return run_one(
+      dataset, optimizer, seed, args, lambda line: print(line, flush=True)
+    )
+
+
 def main(argv=None) -> list[dict]:
   import jax
   import tqdm
-
-  from models import datasets
 
   args = parse_args(argv)
   argv = sys.argv[1:] if argv is None else list(argv)
@@ -487,18 +508,20 @@ def main(argv=None) -> list[dict]:
   total = len(args.datasets) * len(args.optimizers) * len(args.seeds)
   print(f"schedule {schedule}: {total - len(todo)} of {total} runs done")
   if not args.report_only and todo:
-    jax_cache = args.jax_cache or str(args.workdir / "jax_cache")
-    if jax_cache != "none":
-      jax.config.update("jax_compilation_cache_dir", jax_cache)
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     args.out.mkdir(parents=True, exist_ok=True)
     bar = tqdm.tqdm(total=total, initial=total - len(todo), desc="runs")
-    with warnings.catch_warnings():
-      # Every load of BBBP reports the same 11 unparseable SMILES.
-      warnings.simplefilter("ignore", datasets.InvalidSmilesWarning)
+    # spawn, not fork: the parent has JAX loaded, and fork with JAX's
+    # threads is unsafe.
+    with concurrent.futures.ProcessPoolExecutor(
+      max_workers=1,
+      mp_context=multiprocessing.get_context("spawn"),
+      max_tasks_per_child=1,
+    ) as pool:
       for dataset, optimizer, seed in todo:
         bar.set_postfix_str(f"{dataset} {optimizer} seed {seed}")
-        record = run_one(dataset, optimizer, seed, args, tqdm.tqdm.write)
+        record = pool.submit(
+          run_in_child, dataset, optimizer, seed, args
+        ).result()
         with open(jsonl, "a") as f:
           f.write(json.dumps(record) + "\n")
         records.append(record)

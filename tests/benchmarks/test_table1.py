@@ -108,6 +108,8 @@ def test_smoke_run_writes_report_and_resumes(tmp_path):
     ("graphsam", 0),
     ("graphsam", 1),
   }
+  # Each run in its own process: compiled steps do not pile up in one.
+  assert records[0]["pid"] != records[1]["pid"]
   for r in records:
     assert r["dataset"] == "nci5k-tpsa" and r["metric"] == "rmse"
     assert r["epochs"] == 1 and r["schedule"]["epochs"] == 1
