@@ -1,0 +1,70 @@
+"""benchmarks/training_curves.py on real (tiny) training runs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from models import train
+from models.configs import test as test_config
+from tests.benchmarks import scripts
+from tests.models import synthetic
+
+RUNS = (("graphsam", 0), ("graphsam", 1), ("adam", 0))
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("runs")
+  config = test_config.get_config().replace(epochs=2, max_molecules=64)
+  dirs = []
+  for optimizer, seed in RUNS:
+    run_dir = root / f"{optimizer}-s{seed}"
+    train.train_and_evaluate(
+      config.replace(optimizer=optimizer, seed=seed),
+      run_dir,
+      cache_dir=synthetic.TEST_CACHE,
+      progress=False,
+      log=lambda _: None,
+    )
+    dirs.append(run_dir)
+  return dirs
+
+
+def test_report_tables_and_plot(run_dirs, tmp_path):
+  out = tmp_path / "report" / "curves"
+  done = scripts.run_script(
+    "training_curves.py", *map(str, run_dirs), "--out", str(out)
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  text = (tmp_path / "report" / "curves.md").read_text()
+  assert text in done.stdout
+  tests = {
+    run_dir.name: json.loads((run_dir / "summary.json").read_text())[
+      "test_rmse"
+    ]
+    for run_dir in run_dirs
+  }
+  pair = [tests["graphsam-s0"], tests["graphsam-s1"]]
+  want = f"{np.mean(pair):.3f} ± {np.std(pair, ddof=1):.3f} | 2 |"
+  assert f"| nci5k-tpsa | graphsam | rmse | {want}" in text
+  assert f"| nci5k-tpsa | adam | rmse | {tests['adam-s0']:.3f} | 1 |" in text
+  assert f"| graphsam | 1 | {tests['graphsam-s1']:.4f} |" in text
+  assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
+
+
+def test_unfinished_run_is_refused_by_name(run_dirs, tmp_path):
+  unfinished = tmp_path / "killed"
+  unfinished.mkdir()
+  (unfinished / "config.json").write_text("{}")
+  done = scripts.run_script(
+    "training_curves.py",
+    str(run_dirs[0]),
+    str(unfinished),
+    "--out",
+    str(tmp_path / "curves"),
+  )
+  assert done.returncode == 2
+  assert f"{unfinished} is not a finished graphsam-train run" in done.stderr
+  assert "metrics.csv, summary.json" in done.stderr
+  assert not (tmp_path / "curves.md").exists()
