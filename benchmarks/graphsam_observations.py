@@ -527,7 +527,7 @@ def markdown(result: dict) -> str:
     "",
     f"Command: `{result['command']}`  ",
     f"Machine: {result['machine']['processor']}, "
-    f"{result['machine']['cpu_count']} CPUs (shared; load average at start "
+    f"{result['machine']['cpu_count']} CPUs (load average at start "
     f"{result['machine']['load_average'][0]:.1f}), jax "
     f"{result['machine']['jax']} on {result['machine']['device']}.  ",
     f"Data: {cfg['dataset']}, random split seed {cfg['seed']}, batch "
