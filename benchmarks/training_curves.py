@@ -1,8 +1,8 @@
 """Learning curves and the seed summary of finished ``graphsam-train`` runs.
 
 Reads the output directories that ``graphsam-train --out DIR`` (or
-``models.train.train_and_evaluate``) writes, ``config.json``, ``metrics.csv``
-and ``summary.json``, and reports
+``models.train.train_and_evaluate``) writes, ``metrics.csv`` and
+``summary.json``, and reports
 
 * per run: test metric, best validation epoch and metric, epochs trained,
   the median epoch's training time and throughput (the first epochs include
@@ -42,10 +42,10 @@ COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 
 def load_run(run_dir: Path) -> dict:
-  """``{"config", "metrics" (DataFrame), "summary"}`` of a finished run."""
+  """``{"metrics" (DataFrame), "summary"}`` of a finished run."""
   missing = [
     name
-    for name in ("config.json", "metrics.csv", "summary.json")
+    for name in ("metrics.csv", "summary.json")
     if not (run_dir / name).exists()
   ]
   if missing:
@@ -55,7 +55,6 @@ def load_run(run_dir: Path) -> dict:
       "is run again)"
     )
   return {
-    "config": json.loads((run_dir / "config.json").read_text()),
     "metrics": pd.read_csv(run_dir / "metrics.csv"),
     "summary": json.loads((run_dir / "summary.json").read_text()),
   }
