@@ -4,10 +4,12 @@ A batch holds ``batch_size`` molecules. Its edges are all ordered atom pairs
 ``(i <- j)`` of each molecule, self pairs included, never across molecules;
 each pair carries a bond vocabulary id and a topological distance (see
 :class:`GraphBatch` and :mod:`models.featurization`). Batches are padded with
-``jraph.pad_with_graphs`` to the smallest fitting budget of a small fixed set
-(``padding_budgets``), so a jitted step compiles a handful of shapes per
-dataset rather than one per batch. Padding graphs are masked out by
-``graph_mask``, missing labels by ``label_mask``.
+``jraph.pad_with_graphs`` to one of at most two shapes per dataset
+(:func:`padding_budgets`: one fitted to the typical batch, one that holds any
+batch), so a jitted step compiles once or twice per dataset. A shape also
+fixes the model's dense attention layout: molecules packed in order into a
+static number of blocks of a static size (:func:`pack_blocks`). Padding
+graphs are masked out by ``graph_mask``, missing labels by ``label_mask``.
 
 Everything here is NumPy on the host: nothing is put on a device.
 """
@@ -28,12 +30,37 @@ from models import featurization
 from models import splits
 
 
-class GraphsTupleSize(NamedTuple):
-  """A padding budget: nodes, edges (atom pairs) and graphs per batch."""
+class BatchShape(NamedTuple):
+  """A padded batch's static shape: the GraphsTuple budget and the blocks.
+
+  Attributes:
+    n_node: nodes (atoms) of the padded GraphsTuple, jraph's padding included.
+    n_edge: edges (ordered atom pairs).
+    n_graph: graphs, jraph's padding graph included.
+    block_count: blocks of the model's dense attention layout.
+    block_size: atoms per block (at least the dataset's largest molecule).
+  """
 
   n_node: int
   n_edge: int
   n_graph: int
+  block_count: int
+  block_size: int
+
+  @property
+  def blocks(self) -> tuple[int, int]:
+    """``(block_count, block_size)``, the model's static ``blocks``."""
+    return self.block_count, self.block_size
+
+  def fits(self, nodes: int, pairs: int, graphs: int, blocks: int) -> bool:
+    """Whether a batch of these totals fits (jraph needs one spare node and
+    one spare graph for its padding graph)."""
+    return (
+      nodes < self.n_node
+      and pairs <= self.n_edge
+      and graphs < self.n_graph
+      and blocks <= self.block_count
+    )
 
 
 class GraphBatch(NamedTuple):
@@ -95,156 +122,161 @@ class TargetScaler:
     return y * self.std + self.mean
 
 
-def batch_totals(n_atoms: np.ndarray, idx: np.ndarray) -> tuple[int, int]:
-  """(atoms, atom pairs) of the molecules ``idx``."""
-  n = n_atoms[idx].astype(np.int64)
-  return int(n.sum()), int((n * n).sum())
+def pack_blocks(n_atoms: np.ndarray, size: int) -> np.ndarray:
+  """Blocks of ``size`` atoms that next-fit packing of ``n_atoms`` fills.
+
+  The NumPy twin of ``models.model.pack_blocks``, vectorized over the
+  leading axes: molecules along the last axis are packed in order, each into
+  the current block if it fits, else into a new one.
+
+  Examples:
+    >>> pack_blocks(np.array([9, 13, 7, 1, 0, 16, 3]), 16).tolist()
+    5
+    >>> pack_blocks(np.array([[3, 3, 3], [9, 9, 9]]), 16).tolist()
+    [1, 3]
+  """
+  n = np.asarray(n_atoms, np.int64)
+  blocks = np.zeros(n.shape[:-1], np.int64)
+  fill = np.zeros(n.shape[:-1], np.int64)
+  for k in range(n.shape[-1]):
+    m = n[..., k]
+    opens = (fill + m > size) & (fill > 0)
+    blocks += opens
+    fill = np.where(opens, 0, fill) + m
+  return blocks + (fill > 0)
+
+
+def batch_totals(
+  n_atoms: np.ndarray, idx: np.ndarray, block_size: int
+) -> tuple[int, int, int]:
+  """(atoms, atom pairs, blocks) of the molecules ``idx``, in that order."""
+  n = n_atoms[np.asarray(idx, np.int64)].astype(np.int64)
+  return int(n.sum()), int((n * n).sum()), int(pack_blocks(n, block_size))
 
 
 def _round_up(x: float, multiple: int) -> int:
   return int(math.ceil(x / multiple) * multiple)
 
 
-def _optimal_thresholds(x: np.ndarray, k: int) -> np.ndarray:
-  """At most k thresholds minimizing sum over x of the least threshold >= x.
-
-  Exact dynamic program over the sorted samples (cost of a group = its size
-  times its maximum); returns the group maxima, increasing.
-  """
-  x = np.sort(x)
-  s = len(x)
-  j = np.arange(s + 1)
-  upper = j[:, None] < j[None, :]  # i < j
-  cost = np.where(j == 0, 0.0, np.inf)
-  choices = []
-  for _ in range(k):
-    # total[i, j]: best cost of the first i samples plus group (i, j].
-    total = (
-      cost[:, None]
-      + (j[None, :] - j[:, None]) * np.concatenate([[0.0], x])[None, :]
-    )
-    total = np.where(upper, total, np.inf)
-    best = total.argmin(0)
-    new = total[best, j]
-    # -1: one group fewer is as good (ties keep fewer budgets).
-    choices.append(np.where(new < cost, best, -1))
-    cost = np.minimum(cost, new)
-  # Walk back from s: the last group ends at s, its start is its choice.
-  ends, end = [], s
-  for choice in reversed(choices):
-    if end == 0:
-      break
-    start = choice[end]
-    if start < 0:
-      continue
-    ends.append(end)
-    end = start
-  return np.array([x[e - 1] for e in sorted(ends)])
+def sample_batches(
+  n_atoms: np.ndarray, batch_size: int, num_samples: int, seed: int
+) -> np.ndarray:
+  """``[num_samples, b]`` atom counts of random batches, as training draws
+  them: successive chunks of seeded permutations of all molecules."""
+  n = np.asarray(n_atoms, np.int64)
+  b = min(batch_size, n.size)
+  per_epoch = n.size // b
+  rng = np.random.default_rng(seed)
+  epochs = max(1, math.ceil(num_samples / per_epoch))
+  idx = np.concatenate(
+    [rng.permutation(n.size)[: per_epoch * b] for _ in range(epochs)]
+  ).reshape(-1, b)[:num_samples]
+  return n[idx]
 
 
 def padding_budgets(
   n_atoms: np.ndarray,
   batch_size: int,
   *,
-  num_typical: int = 4,
-  growth: float = 2.0,
-  num_samples: int = 1000,
+  coverage: float = 0.995,
+  num_samples: int = 20000,
   seed: int = 0,
-  node_multiple: int = 64,
+  node_multiple: int = 32,
   edge_multiple: int = 512,
-) -> tuple[GraphsTupleSize, ...]:
-  """The fixed set of padding budgets for a dataset, smallest first.
+  block_multiple: int = 8,
+) -> tuple[BatchShape, ...]:
+  """At most two batch shapes for a dataset: typical, then any batch.
 
   ``num_samples`` random batches of ``batch_size`` molecules are drawn
-  (seeded, independent of training seeds). The ``num_typical`` smallest
-  budgets are the pair counts that minimize the mean padded pair count of
-  those batches (an exact dynamic program); above the largest sampled batch,
-  budgets grow by at most ``growth`` up to the largest possible batch (the
-  ``batch_size`` largest molecules together), so every batch of these
-  molecules fits one. A budget's node count is the most atoms of any sampled
-  batch within its pair count, plus jraph's padding node, rounded up to
-  ``node_multiple``; pair counts are rounded up to ``edge_multiple``. Every
-  budget has ``batch_size + 1`` graphs.
+  (seeded, independent of training seeds). The first shape holds a share
+  ``coverage`` of them: its atom, pair and block counts are the smallest
+  equal quantile of the three that holds that share jointly. The second
+  holds any batch of these molecules (the ``batch_size`` largest together,
+  one block each), so every batch of the dataset fits one of the two and a
+  run compiles at most two steps; it is dropped when the first already holds
+  every batch. Blocks hold ``block_size`` atoms, the largest molecule
+  rounded up to ``block_multiple``. Every shape has ``batch_size + 1``
+  graphs (jraph's padding graph).
+
+  A batch the first shape misses costs a step of the second, which is
+  several times larger: with the default, about one step in 200.
 
   Args:
     n_atoms: atoms per molecule of the WHOLE dataset (all splits), so that
-      training and evaluation share the budgets.
+      training and evaluation share the shapes.
     batch_size: molecules per batch (>= 1).
-    num_typical: budgets fitted to the sampled batches (>= 1).
-    growth: largest ratio (> 1) between the budgets above them.
-    num_samples: random batches drawn to fit the budgets.
+    coverage: share of random batches the first shape holds, in (0, 1].
+    num_samples: random batches drawn to fit it.
     seed: seed of that sampling.
-    node_multiple: rounding of node budgets.
-    edge_multiple: rounding of pair budgets.
+    node_multiple: rounding of node counts.
+    edge_multiple: rounding of pair counts.
+    block_multiple: rounding of the block size.
 
   Returns:
-    Budgets, increasing in nodes and pairs; the last fits any batch.
+    One or two shapes, the first smaller in every count.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if num_typical < 1:
-    raise ValueError(f"num_typical must be >= 1, got {num_typical}")
-  if growth <= 1:
-    raise ValueError(f"growth must be > 1, got {growth}")
+  if not 0 < coverage <= 1:
+    raise ValueError(f"coverage must be in (0, 1], got {coverage}")
   n = np.asarray(n_atoms, np.int64)
   if n.size == 0:
     raise ValueError("n_atoms is empty")
   b = min(batch_size, n.size)
+  size = _round_up(max(int(n.max()), 1), block_multiple)
   top = np.sort(n)[::-1][:b]
-  worst = (int(top.sum()), int((top * top).sum()))
-
-  rng = np.random.default_rng(seed)
-  per_epoch = n.size // b
-  epochs = max(1, math.ceil(num_samples / per_epoch))
-  idx = np.concatenate(
-    [rng.permutation(n.size)[: per_epoch * b] for _ in range(epochs)]
-  ).reshape(-1, b)[:num_samples]
-  nodes = n[idx].sum(1)
-  pairs = (n[idx] ** 2).sum(1)
-
-  levels = []
-  for t in _optimal_thresholds(pairs, num_typical):
-    levels.append((nodes[pairs <= t].max(), t))
-  # Geometric steps of ratio <= growth from the largest sample to the worst.
-  node_top, pair_top = levels[-1]
-  steps = math.ceil(math.log(max(worst[1] / pair_top, 1.0), growth))
-  for k in range(1, steps + 1):
-    levels.append(
-      (
-        min(node_top * growth**k, worst[0]),
-        pair_top * (worst[1] / pair_top) ** (k / steps),
-      )
-    )
-  levels.append(worst)
-
-  cap = (
-    _round_up(worst[0] + 1, node_multiple),
-    _round_up(worst[1], edge_multiple),
+  largest = BatchShape(
+    _round_up(int(top.sum()) + 1, node_multiple),
+    _round_up(max(int((top * top).sum()), 1), edge_multiple),
+    batch_size + 1,
+    b,
+    size,
   )
-  budgets, last = [], (0, 0)
-  for node_b, pair_b in levels:
-    budget = (
-      max(last[0], min(_round_up(node_b + 1, node_multiple), cap[0])),
-      max(last[1], min(_round_up(max(pair_b, 1), edge_multiple), cap[1])),
-    )
-    if budget != last:
-      budgets.append(GraphsTupleSize(*budget, batch_size + 1))
-      last = budget
-  return tuple(budgets)
+  sizes = sample_batches(n, batch_size, num_samples, seed)
+  totals = np.stack(
+    [sizes.sum(1), (sizes * sizes).sum(1), pack_blocks(sizes, size)], 1
+  )
+  for q in np.linspace(coverage, 1.0, 101):
+    limits = np.quantile(totals, q, axis=0, method="higher")
+    if np.mean(np.all(totals <= limits, axis=1)) >= coverage:
+      break
+  typical = BatchShape(
+    min(_round_up(int(limits[0]) + 1, node_multiple), largest.n_node),
+    min(_round_up(max(int(limits[1]), 1), edge_multiple), largest.n_edge),
+    batch_size + 1,
+    min(int(limits[2]), largest.block_count),
+    size,
+  )
+  if typical == largest:
+    return (largest,)
+  return typical, largest
 
 
 def select_budget(
-  n_node: int, n_edge: int, n_graph: int, budgets: Sequence[GraphsTupleSize]
-) -> GraphsTupleSize:
-  """The first (smallest) budget that fits a batch plus jraph's padding."""
-  for b in budgets:
-    if n_node < b.n_node and n_edge <= b.n_edge and n_graph < b.n_graph:
-      return b
+  nodes: int,
+  pairs: int,
+  graphs: int,
+  blocks: int,
+  budgets: Sequence[BatchShape],
+) -> BatchShape:
+  """The first (smallest) shape that fits a batch plus jraph's padding."""
+  for budget in budgets:
+    if budget.fits(nodes, pairs, graphs, blocks):
+      return budget
   raise ValueError(
-    f"a batch of {n_graph} molecules, {n_node} atoms and {n_edge} pairs fits "
-    f"no budget of {list(budgets)}; compute the budgets on the full dataset "
-    "with this batch size"
+    f"a batch of {graphs} molecules, {nodes} atoms, {pairs} pairs and "
+    f"{blocks} blocks fits no shape of {list(budgets)}; compute the shapes "
+    "on the full dataset with this batch size"
   )
+
+
+def shape_of(batch: GraphBatch, budgets: Sequence[BatchShape]) -> BatchShape:
+  """The shape a padded batch was built for (its node count tells)."""
+  nodes = np.shape(batch.graphs.nodes)[-2]
+  for budget in budgets:
+    if budget.n_node == nodes:
+      return budget
+  raise ValueError(f"a batch of {nodes} padded nodes has no shape of {budgets}")
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -259,7 +291,7 @@ def make_batch(
   graphs: featurization.MolecularGraphs,
   labels: np.ndarray,
   idx: np.ndarray,
-  budgets: Sequence[GraphsTupleSize],
+  budgets: Sequence[BatchShape],
   *,
   scaler: TargetScaler | None = None,
 ) -> GraphBatch:
@@ -269,7 +301,8 @@ def make_batch(
     graphs: the dataset's featurized molecules.
     labels: f32[M, T] labels of the dataset (NaN = missing).
     idx: molecule indices of this batch (at most ``n_graph - 1``).
-    budgets: from ``padding_budgets``; the smallest that fits is used.
+    budgets: from ``padding_budgets``; the smallest that fits is used
+      (:func:`shape_of` tells which).
     scaler: standardizes labels when given.
 
   Returns:
@@ -281,7 +314,9 @@ def make_batch(
     >>> budgets = padding_budgets(mols.n_atoms, batch_size=2)
     >>> batch = make_batch(mols, labels, [0, 1], budgets)
     >>> batch.graphs.n_node.tolist(), batch.graphs.n_edge[:2].tolist()
-    ([3, 1, 60], [9, 1])
+    ([3, 1, 28], [9, 1])
+    >>> shape_of(batch, budgets).blocks
+    (1, 8)
     >>> batch.graph_mask.tolist(), batch.label_mask[:, 0].tolist()
     ([True, True, False], [True, False, False])
   """
@@ -289,7 +324,8 @@ def make_batch(
   n = graphs.n_atoms[idx].astype(np.int64)
   nn = n * n
   num_nodes, num_pairs = int(n.sum()), int(nn.sum())
-  budget = select_budget(num_nodes, num_pairs, len(idx), budgets)
+  blocks = int(pack_blocks(n, budgets[0].block_size))
+  budget = select_budget(num_nodes, num_pairs, len(idx), blocks, budgets)
 
   atom_rows = _ranges(graphs.atom_offsets[idx], n)
   pair_rows = _ranges(graphs.pair_offsets[idx], nn)
@@ -308,7 +344,7 @@ def make_batch(
     n_edge=nn.astype(np.int32),
     globals=None,
   )
-  graph = jraph.pad_with_graphs(graph, *budget)
+  graph = jraph.pad_with_graphs(graph, *budget[:3])
   # jraph's batching offsets the indices in int64.
   graph = graph._replace(
     senders=graph.senders.astype(np.int32),
@@ -360,7 +396,7 @@ def iterate_batches(
   dataset: datasets.MoleculeDataset,
   indices: np.ndarray,
   batch_size: int,
-  budgets: Sequence[GraphsTupleSize] | None = None,
+  budgets: Sequence[BatchShape] | None = None,
   *,
   shuffle: bool = False,
   seed: int = 0,
@@ -395,24 +431,25 @@ def iterate_batches(
 def budget_usage(
   n_atoms: np.ndarray,
   batches: Sequence[np.ndarray],
-  budgets: Sequence[GraphsTupleSize],
+  budgets: Sequence[BatchShape],
 ) -> dict:
-  """How a list of batches (of molecule indices) uses the budgets.
+  """How a list of batches (of molecule indices) uses the shapes.
 
   Returns:
-    A dict: ``budgets``; ``counts`` (batches per budget); ``shapes_used``
-    (distinct budgets hit); ``mean_nodes``, ``mean_pairs`` (real, per batch);
-    ``mean_padded_nodes``, ``mean_padded_pairs``; ``pair_fill`` (real over
-    padded pairs).
+    A dict: ``budgets``; ``counts`` (batches per shape); ``shapes_used``
+    (distinct shapes hit); ``mean_nodes``, ``mean_pairs``, ``mean_blocks``
+    (real, per batch); ``mean_padded_nodes``, ``mean_padded_pairs``,
+    ``mean_padded_blocks``; ``node_fill`` and ``pair_fill`` (real over
+    padded).
   """
   counts = [0] * len(budgets)
   real, padded = [], []
   for idx in batches:
-    nodes, pairs = batch_totals(n_atoms, idx)
-    b = select_budget(nodes, pairs, len(idx), budgets)
+    nodes, pairs, blocks = batch_totals(n_atoms, idx, budgets[0].block_size)
+    b = select_budget(nodes, pairs, len(idx), blocks, budgets)
     counts[list(budgets).index(b)] += 1
-    real.append((nodes, pairs))
-    padded.append((b.n_node, b.n_edge))
+    real.append((nodes, pairs, blocks))
+    padded.append((b.n_node, b.n_edge, b.block_count))
   real, padded = np.array(real, float), np.array(padded, float)
   return {
     "budgets": list(budgets),
@@ -420,8 +457,11 @@ def budget_usage(
     "shapes_used": sum(c > 0 for c in counts),
     "mean_nodes": real[:, 0].mean(),
     "mean_pairs": real[:, 1].mean(),
+    "mean_blocks": real[:, 2].mean(),
     "mean_padded_nodes": padded[:, 0].mean(),
     "mean_padded_pairs": padded[:, 1].mean(),
+    "mean_padded_blocks": padded[:, 2].mean(),
+    "node_fill": real[:, 0].sum() / padded[:, 0].sum(),
     "pair_fill": real[:, 1].sum() / padded[:, 1].sum(),
   }
 
@@ -434,18 +474,22 @@ class PreparedData:
     dataset: the MoleculeDataset.
     split: train/valid/test molecule indices.
     batch_size: molecules per batch.
-    budgets: padding budgets (shared by all splits).
+    budgets: the batch shapes (shared by all splits; :func:`padding_budgets`).
     scaler: TargetScaler fitted on the training labels, or None.
   """
 
   dataset: datasets.MoleculeDataset
   split: splits.Split
   batch_size: int
-  budgets: tuple[GraphsTupleSize, ...]
+  budgets: tuple[BatchShape, ...]
   scaler: TargetScaler | None
 
   def steps_per_epoch(self, drop_last: bool = True) -> int:
     return num_batches(len(self.split.train), self.batch_size, drop_last)
+
+  def blocks_of(self, batch: GraphBatch) -> tuple[int, int]:
+    """The model's static ``blocks`` for a batch of these shapes."""
+    return shape_of(batch, self.budgets).blocks
 
   def train_batches(
     self, epoch: int, seed: int = 0, drop_last: bool = True

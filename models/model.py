@@ -243,6 +243,35 @@ move_rows.defvjp(
 )
 
 
+def pack_blocks(n_node, size: int):
+  """Packs molecules, in order, into blocks of ``size`` atoms (next fit).
+
+  A molecule goes into the current block if it fits after the atoms already
+  there, else it opens the next block; a molecule of 0 atoms (padding)
+  takes no room. ``models.input_pipeline.pack_blocks`` is the NumPy twin the
+  input pipeline uses to choose a batch's budget; the two agree exactly.
+
+  Args:
+    n_node: i32[G] atoms per molecule.
+    size: the static block size (at least the largest molecule).
+
+  Returns:
+    ``(block, start)``, i32[G] each: the block of every molecule and the
+    position of its first atom in that block.
+  """
+
+  def place(carry, n):
+    block, fill = carry
+    opens = (fill + n > size) & (fill > 0)
+    block = block + opens.astype(block.dtype)
+    fill = jnp.where(opens, 0, fill)
+    return (block, fill + n), (block, fill)
+
+  zero = jnp.zeros((), n_node.dtype)
+  _, (block, start) = jax.lax.scan(place, (zero, zero), n_node)
+  return block, start
+
+
 class Topology:
   """Index arrays shared by all layers, derived once from a padded batch.
 
@@ -252,60 +281,80 @@ class Topology:
     node_real: bool[N] node belongs to a real (non-padding) graph.
     graph_real: bool[G] real graphs (``jraph.get_graph_padding_mask``).
     n_node: i32[G] atoms per graph, 0 for padding graphs.
-    max_atoms: static int, the block size of per-molecule layouts.
-    blocks: RowMap from nodes to the ``G * max_atoms`` block slots.
+    offsets: i32[G] index of each graph's first node.
+    block_count, block_size: static ints, the dense layout's blocks.
+    graph_block, graph_start: i32[G] block of each molecule and the position
+      of its first atom there (:func:`pack_blocks`).
+    too_large: bool[] the molecules do not fit the blocks.
+    blocks: RowMap from nodes to the ``block_count * block_size`` slots.
   """
 
-  def __init__(self, graphs: jraph.GraphsTuple, max_atoms: int | None):
+  def __init__(self, graphs: jraph.GraphsTuple, blocks: tuple[int, int] | None):
     n_nodes = graphs.nodes.shape[0]
     n_graphs = graphs.n_node.shape[0]
     n_pairs = graphs.senders.shape[0]
-    if max_atoms is None:
-      # Any real molecule has n <= N - 1 atoms and n**2 <= P pairs.
-      max_atoms = min(n_nodes - 1, math.isqrt(n_pairs))
-    self.max_atoms = max(int(max_atoms), 1)
+    if blocks is None:
+      # One block per graph, each as large as any real molecule can be
+      # (n <= N - 1 atoms, n**2 <= P pairs): always fits, slow.
+      blocks = (n_graphs, min(n_nodes - 1, math.isqrt(n_pairs)))
+    self.block_count = max(int(blocks[0]), 1)
+    self.block_size = max(int(blocks[1]), 1)
     self.graph_real = jraph.get_graph_padding_mask(graphs)
     self.n_node = jnp.where(self.graph_real, graphs.n_node, 0)
-    offsets = jnp.cumsum(graphs.n_node) - graphs.n_node
+    self.offsets = jnp.cumsum(graphs.n_node) - graphs.n_node
     self.node_graph = jnp.repeat(
       jnp.arange(n_graphs), graphs.n_node, total_repeat_length=n_nodes
     )
-    self.node_pos = jnp.arange(n_nodes) - offsets[self.node_graph]
+    self.node_pos = jnp.arange(n_nodes) - self.offsets[self.node_graph]
     self.node_real = self.graph_real[self.node_graph]
     self.node_count = jnp.where(
       self.node_real, self.n_node[self.node_graph], 1
     ).astype(jnp.float32)
-    self.too_large = jnp.any(self.n_node > self.max_atoms)
-    pos = jnp.arange(self.max_atoms)
-    node_slot = self.node_graph * self.max_atoms + self.node_pos
-    self.blocks = RowMap(
-      index=jnp.clip(offsets[:, None] + pos, 0, n_nodes - 1).reshape(-1),
-      valid=(pos < self.n_node[:, None]).reshape(-1),
-      inverse=jnp.clip(node_slot, 0, n_graphs * self.max_atoms - 1),
-      inverse_valid=self.node_real & (self.node_pos < self.max_atoms),
+    self.graph_block, self.graph_start = pack_blocks(
+      self.n_node, self.block_size
     )
-    self.offsets = offsets
+    self.too_large = jnp.any(self.n_node > self.block_size) | jnp.any(
+      self.graph_block >= self.block_count
+    )
+    slots = self.block_count * self.block_size
+    node_slot = (self.graph_block * self.block_size + self.graph_start)[
+      self.node_graph
+    ] + self.node_pos
+    placed = self.node_real & (node_slot < slots)
+    node_slot = jnp.where(placed, node_slot, slots)  # out of range: dropped
+    slot_node = (
+      jnp.full(slots, -1, jnp.int32)
+      .at[node_slot]
+      .set(jnp.arange(n_nodes, dtype=jnp.int32), mode="drop")
+    )
+    self.blocks = RowMap(
+      index=jnp.maximum(slot_node, 0),
+      valid=slot_node >= 0,
+      inverse=jnp.minimum(node_slot, slots - 1),
+      inverse_valid=placed,
+    )
 
   def to_blocks(self, x):
-    """[N, ...] node array to [G, n_max, ...] (padding positions zero)."""
+    """[N, ...] node array to [blocks, size, ...] (empty slots zero)."""
     y = move_rows(x, self.blocks)
-    return y.reshape((self.n_node.shape[0], self.max_atoms) + x.shape[1:])
+    return y.reshape((self.block_count, self.block_size) + x.shape[1:])
 
   def from_blocks(self, y):
-    """[G, n_max, ...] back to [N, ...] (nodes of padding graphs: zero)."""
+    """[blocks, size, ...] back to [N, ...] (nodes of padding graphs: 0)."""
     y = y.reshape((-1,) + y.shape[2:])
     return move_rows(y, self.blocks.transpose())
 
   def pairs_to_blocks(self, graphs, values, fill):
-    """Scatters per-pair values into [G, n_max, n_max] (mode drop)."""
+    """Scatters per-pair values into [blocks, size, size] (mode drop)."""
     g = self.node_graph[graphs.receivers]
-    i = self.node_pos[graphs.receivers]
-    j = self.node_pos[graphs.senders]
-    ok = self.graph_real[g] & (i < self.max_atoms) & (j < self.max_atoms)
-    g = jnp.where(ok, g, self.n_node.shape[0])  # out of range: dropped
-    n = self.max_atoms
-    out = jnp.full((self.n_node.shape[0], n, n), fill, values.dtype)
-    return out.at[g, i, j].set(values, mode="drop")
+    start = self.graph_start[g]
+    i = start + self.node_pos[graphs.receivers]
+    j = start + self.node_pos[graphs.senders]
+    size = self.block_size
+    ok = self.graph_real[g] & (i < size) & (j < size)
+    block = jnp.where(ok, self.graph_block[g], self.block_count)  # dropped
+    out = jnp.full((self.block_count, size, size), fill, values.dtype)
+    return out.at[block, i, j].set(values, mode="drop")
 
 
 class Pairs:
@@ -482,33 +531,44 @@ class EncoderLayer(nn.Module):
     return u + h1 + norm(f)
 
 
-def gru_slots(topo: Topology) -> RowMap:
-  """RowMap from ``[N * 2]`` (atom, direction) rows to ``[T * 2 * G]`` slots.
+class GRULanes(NamedTuple):
+  """Where each lane of the bidirectional GRU reads: one lane per direction
+  and molecule, stepping through the molecule's atoms (forward: first to
+  last; backward: last to first).
 
-  Slot ``(t, k, g)`` of direction ``k`` (0 forward, 1 backward) of graph
-  ``g`` holds atom ``t`` (forward) or ``n_g - 1 - t`` (backward) of that
-  graph; slots with ``t >= n_g`` are empty.
+  Attributes:
+    offsets: i32[G] index of each molecule's first atom.
+    n_node: i32[G] atoms per molecule (0 for padding graphs: no steps).
+    node_graph: i32[N] molecule of each atom.
+    node_pos: i32[N] position of each atom in its molecule.
   """
-  n_time, n_graphs = topo.max_atoms, topo.n_node.shape[0]
-  t = jnp.arange(n_time)[:, None, None]  # [T, 1, 1]
-  k = jnp.arange(2)[None, :, None]  # [1, 2, 1]
-  n = topo.n_node[None, None, :]  # [1, 1, G]
-  node = topo.offsets[None, None, :] + jnp.where(k == 0, t, n - 1 - t)
-  last = topo.node_graph.shape[0] - 1
-  back = topo.n_node[topo.node_graph] - 1 - topo.node_pos
-  slot_t = jnp.stack([topo.node_pos, back], 1)  # [N, 2]
-  slot = (slot_t * 2 + jnp.arange(2)) * n_graphs + topo.node_graph[:, None]
-  return RowMap(
-    index=(jnp.clip(node, 0, last) * 2 + k).reshape(-1),
-    valid=jnp.broadcast_to(t < n, (n_time, 2, n_graphs)).reshape(-1),
-    inverse=jnp.clip(slot, 0, n_time * 2 * n_graphs - 1).reshape(-1),
-    inverse_valid=jnp.broadcast_to(
-      (topo.node_real & (topo.node_pos < n_time))[:, None], slot.shape
-    ).reshape(-1),
-  )
+
+  offsets: jax.Array
+  n_node: jax.Array
+  node_graph: jax.Array
+  node_pos: jax.Array
+
+  def rows(self, t, num_nodes: int):
+    """Rows of an ``[N * 2, ...]`` (atom, direction) array that the lanes
+    read at step ``t`` (``[2, G]``), and which lanes have an atom there."""
+    forward = self.offsets + t
+    backward = self.offsets + self.n_node - 1 - t
+    node = jnp.clip(jnp.stack([forward, backward]), 0, num_nodes - 1)
+    return node * 2 + jnp.arange(2)[:, None], t < self.n_node
+
+  def previous_rows(self, num_nodes: int):
+    """For every (atom, direction) row, the row its lane read one step
+    before, and whether it is the lane's first step (state ``h0``)."""
+    node = jnp.arange(num_nodes)
+    first = jnp.stack(
+      [self.node_pos == 0, self.node_pos == self.n_node[self.node_graph] - 1],
+      1,
+    )
+    before = jnp.clip(jnp.stack([node - 1, node + 1], 1), 0, num_nodes - 1)
+    return before * 2 + jnp.arange(2), first
 
 
-def _gru_step(h, x, w, b):
+def _gru_cell(h, x, w, b):
   """PyTorch's GRU cell on both directions; returns h' and the gates."""
   g = jnp.einsum("kgd,kde->kge", h, w) + b[:, None, :]
   xr, xz, xn = jnp.split(x, 3, axis=-1)
@@ -519,84 +579,93 @@ def _gru_step(h, x, w, b):
   return (1.0 - z) * c + z * h, (r, z, c, gn)
 
 
-def _gru_forward(xs, h0, w, b, steps):
-  """Runs ``steps`` of the ``T`` slots (the rest copy the state)."""
+def _gru_forward(x, h0, w, b, lanes: GRULanes, keep_gates: bool):
+  """Runs the lanes; returns ``[N * 2, d]`` states (and ``[N * 2, 4d]``
+  gates ``r, z, c, gn`` when ``keep_gates``), rows of padding atoms zero."""
+  num_nodes = x.shape[0]
+  rows = x.reshape(num_nodes * 2, -1)
+  d = h0.shape[-1]
+  width = 5 * d if keep_gates else d
+  out_of_range = num_nodes * 2
 
-  def body(h, inputs):
-    t, x = inputs
+  def step(t, carry):
+    h, saved = carry
+    read, active = lanes.rows(t, num_nodes)
+    h, gates = _gru_cell(h, rows[read], w, b)
+    row = jnp.concatenate([h, *gates], -1) if keep_gates else h
+    write = jnp.where(active[None, :], read, out_of_range)
+    return h, saved.at[write].set(row, mode="drop")
 
-    def run(h):
-      return _gru_step(h, x, w, b)
-
-    def skip(h):
-      zero = jnp.zeros_like(h)
-      return h, (zero, zero, zero, zero)
-
-    h, gates = jax.lax.cond(t < steps, run, skip, h)
-    return h, (h, gates)
-
-  ts = jnp.arange(xs.shape[0])
-  _, (hs, gates) = jax.lax.scan(body, h0, (ts, xs))
-  return hs, gates
+  saved = jnp.zeros((num_nodes * 2, width), x.dtype)
+  steps = jnp.max(lanes.n_node)
+  _, saved = jax.lax.fori_loop(0, steps, step, (h0, saved))
+  if keep_gates:
+    return saved[:, :d], saved[:, d:]
+  return saved, None
 
 
 @jax.custom_vjp
-def gru(xs, h0, w, b, steps, slots: RowMap):
-  """Bidirectional GRU over slots: xs [T, 2, G, 3d] input gates (x W_in +
-  b_in), h0 [2, G, d], recurrent w [2, d, 3d], b [2, 3d]; returns the
-  states [T, 2, G, d]. Only the first ``steps`` slots are computed;
-  ``slots`` (:func:`gru_slots`) tells which slots hold atoms.
+def gru(x, h0, w, b, lanes: GRULanes):
+  """Bidirectional GRU over each molecule's atoms: x [N, 2, 3d] input gates
+  (``x W_in + b_in`` of each atom and direction), h0 [2, G, d], recurrent
+  w [2, d, 3d], b [2, 3d]; returns the states [N, 2, d] (zero on padding
+  atoms).
 
-  Hand-written backward pass: the sequential part is one ``[2, G, 3d] x
-  [2, 3d, d]`` product per active step, and skipped steps cost nothing
-  (JAX's own transpose of ``lax.cond`` inside ``scan`` is several times
-  slower). The weight gradient is one product over the slots that hold
-  atoms (the others have zero gradient), gathered after the loop.
+  All lanes advance together for as many steps as the batch's largest
+  molecule has atoms (a dynamic trip count: no static sequence length).
+  Every step gathers its lanes' input rows and writes their states back to
+  their atoms' rows, so no buffer is sized by a sequence length. Hand-written
+  backward pass: one ``[2, G, 3d] x [2, 3d, d]`` product per step; the weight
+  gradient is one product over the atoms after the loop.
   """
-  return _gru_forward(xs, h0, w, b, steps)[0]
+  states, _ = _gru_forward(x, h0, w, b, lanes, keep_gates=False)
+  return states.reshape(x.shape[0], 2, -1)
 
 
-def _gru_fwd(xs, h0, w, b, steps, slots):
-  hs, gates = _gru_forward(xs, h0, w, b, steps)
-  return hs, (hs, gates, h0, w, steps, slots)
+def _gru_fwd(x, h0, w, b, lanes):
+  states, gates = _gru_forward(x, h0, w, b, lanes, keep_gates=True)
+  return states.reshape(x.shape[0], 2, -1), (states, gates, h0, w, lanes)
 
 
-def _gru_bwd(res, dhs):
-  hs, (r, z, c, gn), h0, w, steps, slots = res
-  h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)
-
-  def body(dh, inputs):
-    t, dout, hp, r, z, c, gn = inputs
-    dh = dh + dout
-
-    def run(dh):
-      da_n = dh * (1.0 - z) * (1.0 - c * c)
-      da_z = dh * (hp - c) * z * (1.0 - z)
-      da_r = da_n * gn * r * (1.0 - r)
-      dg = jnp.concatenate([da_r, da_z, da_n * r], -1)
-      dx = jnp.concatenate([da_r, da_z, da_n], -1)
-      return dh * z + jnp.einsum("kge,kde->kgd", dg, w), dx
-
-    def skip(dh):
-      return dh, jnp.zeros(dh.shape[:-1] + (3 * dh.shape[-1],), dh.dtype)
-
-    return jax.lax.cond(t < steps, run, skip, dh)
-
-  ts = jnp.arange(hs.shape[0])
-  dh0, dxs = jax.lax.scan(
-    body, jnp.zeros_like(h0), (ts, dhs, h_prev, r, z, c, gn), reverse=True
-  )
-  # Gradients of the gates g = h W + b equal those of the inputs x but for
-  # the candidate's third, which r scales: only the atom slots are needed.
+def _gru_bwd(res, d_states):
+  states, gates, h0, w, lanes = res
+  num_nodes = states.shape[0] // 2
   d = h0.shape[-1]
-  atoms = slots.transpose()  # rows (atom, direction) <- slots
-  hp = _move_rows(h_prev.reshape(-1, d), atoms).reshape(-1, 2, d)
-  r_at = _move_rows(r.reshape(-1, d), atoms).reshape(-1, 2, d)
-  dx = _move_rows(dxs.reshape(-1, 3 * d), atoms).reshape(-1, 2, 3 * d)
-  dg = jnp.concatenate([dx[..., : 2 * d], dx[..., 2 * d :] * r_at], -1)
+  d_out = d_states.reshape(num_nodes * 2, d)
+  out_of_range = num_nodes * 2
+  steps = jnp.max(lanes.n_node)
+
+  def step(i, carry):
+    dh, dx = carry
+    t = steps - 1 - i
+    read, active = lanes.rows(t, num_nodes)
+    before, _ = lanes.rows(t - 1, num_nodes)
+    hp = jnp.where(t == 0, h0, states[before])
+    r, z, c, gn = jnp.split(gates[read], 4, axis=-1)
+    dh = dh + jnp.where(active[None, :, None], d_out[read], 0.0)
+    da_n = dh * (1.0 - z) * (1.0 - c * c)
+    da_z = dh * (hp - c) * z * (1.0 - z)
+    da_r = da_n * gn * r * (1.0 - r)
+    dg = jnp.concatenate([da_r, da_z, da_n * r], -1)
+    write = jnp.where(active[None, :], read, out_of_range)
+    dx = dx.at[write].set(jnp.concatenate([da_r, da_z, da_n], -1), mode="drop")
+    return dh * z + jnp.einsum("kge,kde->kgd", dg, w), dx
+
+  dx = jnp.zeros((num_nodes * 2, 3 * d), states.dtype)
+  dh0, dx = jax.lax.fori_loop(0, steps, step, (jnp.zeros_like(h0), dx))
+  # Gradients of the gates g = h W + b equal those of the inputs x but for
+  # the candidate's third, which r scales; rows of padding atoms are zero.
+  before, first = lanes.previous_rows(num_nodes)
+  h_first = jnp.swapaxes(h0, 0, 1)[lanes.node_graph]  # [N, 2, d]
+  hp = jnp.where(
+    first[..., None], h_first, states[before.reshape(-1)].reshape(-1, 2, d)
+  )
+  dx = dx.reshape(num_nodes, 2, 3 * d)
+  r = gates[:, :d].reshape(num_nodes, 2, d)
+  dg = jnp.concatenate([dx[..., : 2 * d], dx[..., 2 * d :] * r], -1)
   dw = jnp.einsum("nkd,nke->kde", hp, dg)
   db = jnp.sum(dg, axis=0)
-  return dxs, dh0, dw, db, None, None
+  return dx, dh0, dw, db, None
 
 
 gru.defvjp(_gru_fwd, _gru_bwd)
@@ -609,7 +678,10 @@ class GRUReadout(nn.Module):
   ``mish(h + b)``; outputs ``mish(W [h_fwd; h_bwd])`` averaged over atoms.
   Input projections of both directions run as one matrix product on the
   atoms; only the ``[2, G, d] x [2, d, 3d]`` recurrence is sequential, for
-  as many steps as the batch's largest molecule has atoms.
+  as many steps as the batch's largest molecule has atoms. Each direction's
+  ``[d, 3d]`` matrices are initialized as PyTorch's ``xavier_uniform_``
+  initializes a GRU's ``[3d, d]`` weight (fans ``d`` and ``3d``, per
+  direction), as the authors' CoMPT does.
   """
 
   d_model: int
@@ -625,26 +697,16 @@ class GRUReadout(nn.Module):
       num_segments=n_graphs,
     )
     init = jnp.where(topo.graph_real[:, None], init, 0.0)
-    xavier = nn.initializers.xavier_uniform()
+    # batch_axis: the direction axis is not part of a matrix's fans.
+    xavier = nn.initializers.xavier_uniform(batch_axis=(0,))
     w_in = self.param("w_in", xavier, (2, d, 3 * d))  # [dir, d, (r, z, n)]
     b_in = self.param("b_in", _torch_bias_init(d), (2, 3 * d))
     w_h = self.param("w_h", xavier, (2, d, 3 * d))
     b_h = self.param("b_h", _torch_bias_init(d), (2, 3 * d))
     x_in = jnp.einsum("nd,kde->nke", h, w_in) + b_in  # [N, 2, 3d]
-    slots = gru_slots(topo)
-    n_time = topo.max_atoms
-    xs = move_rows(x_in.reshape(-1, 3 * d), slots)
     h0 = jnp.broadcast_to(init[None], (2, n_graphs, d))
-    hs = gru(
-      xs.reshape(n_time, 2, n_graphs, 3 * d),
-      h0,
-      w_h,
-      b_h,
-      jnp.max(topo.n_node),
-      slots,
-    )
-    states = move_rows(hs.reshape(-1, d), slots.transpose())
-    states = states.reshape(-1, 2 * d)  # [N, (fwd, bwd)]
+    lanes = GRULanes(topo.offsets, topo.n_node, topo.node_graph, topo.node_pos)
+    states = gru(x_in, h0, w_h, b_h, lanes).reshape(-1, 2 * d)
     y = mish(dense(d, 2 * d, "out")(states))
     total = jax.ops.segment_sum(
       jnp.where(topo.node_real[:, None], y, 0.0),
@@ -669,9 +731,11 @@ class CoMPT(nn.Module):
     head_layers: layers of the output MLP (>= 1).
     readout: ``"gru"`` (CoMPT) or ``"mean"`` (permutation invariant).
     attention: ``"dense"`` or ``"sparse"`` layout (same function).
-    max_atoms: static per-molecule block size for the dense layout and the
-      GRU; at least the largest molecule of any batch. ``None`` derives a
-      safe bound from the batch's shapes (larger, slower).
+    blocks: ``(count, size)``, the static layout of the dense attention:
+      molecules are packed in order into ``count`` blocks of ``size`` atoms
+      (:func:`pack_blocks`); ``size`` at least the largest molecule. ``None``
+      gives every graph a block of a size derived from the batch's shapes
+      (always fits, slower).
   """
 
   num_tasks: int
@@ -684,16 +748,18 @@ class CoMPT(nn.Module):
   head_layers: int = 2
   readout: str = "gru"
   attention: str = "dense"
-  max_atoms: int | None = None
+  blocks: tuple[int, int] | None = None
 
   @nn.compact
-  def __call__(self, graphs: jraph.GraphsTuple, max_atoms: int | None = None):
-    """Logits ``[G, num_tasks]``; ``max_atoms`` (static) overrides the field."""
+  def __call__(
+    self, graphs: jraph.GraphsTuple, blocks: tuple[int, int] | None = None
+  ):
+    """Logits ``[G, num_tasks]``; ``blocks`` (static) overrides the field."""
     d = self.d_model
     if d % self.num_heads:
       raise ValueError(f"num_heads {self.num_heads} must divide d_model {d}")
     graphs = jax.tree.map(jnp.asarray, graphs)
-    topo = Topology(graphs, max_atoms or self.max_atoms)
+    topo = Topology(graphs, blocks or self.blocks)
     vocab = jnp.asarray(np.asarray(self.bond_vocabulary, np.float32))
     scale = math.sqrt(d)
     h = dense(d, graphs.nodes.shape[-1], "atom_embed")(graphs.nodes) * scale
@@ -728,11 +794,10 @@ class CoMPT(nn.Module):
       d, self.num_tasks, self.head_layers, self.norm, name="head"
     )(pooled)
     # A batch outside the static capacities gives NaN, never a wrong number.
-    bad = pairs.overflow | (topo.too_large & self._needs_blocks())
+    bad = pairs.overflow
+    if self.attention == "dense":
+      bad = bad | topo.too_large
     return jnp.where(bad, jnp.nan, logits)
-
-  def _needs_blocks(self) -> bool:
-    return self.attention == "dense" or self.readout == "gru"
 
 
 class MLPHead(nn.Module):

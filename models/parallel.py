@@ -7,7 +7,9 @@ and stacked along a new leading device axis. A padded ``jraph.GraphsTuple``
 cannot be cut along its nodes (its sender, receiver and padding-graph layout
 would break), so the split happens on molecule indices, before padding.
 
-The step (:func:`make_parallel_train_step`) runs under ``jax.jit`` with a
+This module sits below :mod:`models.train`, which passes it the loss and the
+optimizer step. The step (:func:`make_parallel_train_step`) runs under
+``jax.jit`` with a
 ``jax.shard_map`` body: parameters and optimizer state are replicated
 (``P()``), the batch is split along the device axis (``P("data")``). Each
 device runs the model's forward and backward passes on its own molecules.
@@ -28,10 +30,10 @@ hosts, call ``jax.distributed.initialize()`` at start-up in every process and
 build the mesh over all devices (``make_mesh()``: ``jax.devices()`` is
 global). Each process builds only its own devices' per-device batches
 (``make_device_batch(..., positions=local_positions(mesh))``, which
-:func:`make_train_batches` does; the common budget is chosen over all chunks,
-which every process computes from the shared index order), :func:`block_size`
-agrees on the largest block across processes, and :func:`shard_batch`
-assembles the global array with ``jax.make_array_from_process_local_data``.
+:func:`make_train_batches` does; the common shape is chosen over all chunks,
+which every process computes from the shared index order, so the processes
+agree on it without talking), and :func:`shard_batch` assembles the global
+array with ``jax.make_array_from_process_local_data``.
 Every process must iterate the same global batches in the same order (same
 seed) and call the step together; nothing else changes. Tested here: CPU
 only, one process, ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
@@ -48,15 +50,12 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from models import featurization
 from models import input_pipeline
-from models import train
 
 AXIS = "data"
 
@@ -99,8 +98,8 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def per_device_budgets(
   n_atoms: np.ndarray, batch_size: int, num_devices: int
-) -> tuple[input_pipeline.GraphsTupleSize, ...]:
-  """Padding budgets for per-device batches of a global ``batch_size``.
+) -> tuple[input_pipeline.BatchShape, ...]:
+  """Batch shapes for per-device batches of a global ``batch_size``.
 
   They are :func:`models.input_pipeline.padding_budgets` for
   ``ceil(batch_size / num_devices)`` molecules; pass the atom counts of
@@ -125,7 +124,7 @@ def make_device_batch(
   graphs: featurization.MolecularGraphs,
   labels: np.ndarray,
   idx: np.ndarray,
-  budgets: Sequence[input_pipeline.GraphsTupleSize],
+  budgets: Sequence[input_pipeline.BatchShape],
   num_devices: int,
   *,
   scaler: input_pipeline.TargetScaler | None = None,
@@ -134,9 +133,9 @@ def make_device_batch(
   """Per-device GraphBatches of molecules ``idx``, stacked on a device axis.
 
   ``idx`` is split into ``num_devices`` contiguous chunks (sizes differ by at
-  most one); every chunk is padded to the smallest budget that fits all of
-  them, so the batches stack. Real graphs keep the order of ``idx`` (device
-  by device).
+  most one); every chunk is padded to the smallest shape that fits all of
+  them, so the batches stack (``input_pipeline.shape_of`` tells which).
+  Real graphs keep the order of ``idx`` (device by device).
 
   Args:
     graphs: the dataset's featurized molecules.
@@ -160,7 +159,7 @@ def make_device_batch(
     >>> budgets = per_device_budgets(mols.n_atoms, 5, num_devices=2)
     >>> batch = make_device_batch(mols, labels, range(5), budgets, 2)
     >>> batch.graphs.nodes.shape, batch.graphs.n_node.tolist()
-    ((2, 64, 115), [[3, 1, 2, 58], [1, 3, 60, 0]])
+    ((2, 32, 115), [[3, 1, 2, 26], [1, 3, 28, 0]])
     >>> batch.graph_mask.tolist()
     [[True, True, True, False], [True, True, False, False]]
   """
@@ -172,16 +171,17 @@ def make_device_batch(
     )
   chunks = np.array_split(idx, num_devices)
   budgets = list(budgets)
-  fits = [
-    budgets.index(
-      input_pipeline.select_budget(
-        *input_pipeline.batch_totals(graphs.n_atoms, chunk),
-        len(chunk),
-        budgets,
+  size = budgets[0].block_size
+  fits = []
+  for chunk in chunks:
+    nodes, pairs, blocks = input_pipeline.batch_totals(
+      graphs.n_atoms, chunk, size
+    )
+    fits.append(
+      budgets.index(
+        input_pipeline.select_budget(nodes, pairs, len(chunk), blocks, budgets)
       )
     )
-    for chunk in chunks
-  ]
   common = (budgets[max(fits)],)
   return stack_batches(
     [
@@ -217,20 +217,6 @@ def unstack_batch(
   ]
 
 
-def block_size(
-  batch: input_pipeline.GraphBatch, fixed: int | None = None
-) -> int:
-  """The static block size of a stacked batch: the largest device's.
-
-  ``fixed`` is :func:`models.train.block_size`'s (one block size for every
-  batch). In a multi-process run the processes agree on the largest.
-  """
-  size = max(train.block_size(part, fixed) for part in unstack_batch(batch))
-  if jax.process_count() > 1:
-    size = int(np.max(multihost_utils.process_allgather(np.int32(size))))
-  return size
-
-
 def shard_batch(
   batch: input_pipeline.GraphBatch, mesh: Mesh
 ) -> input_pipeline.GraphBatch:
@@ -252,29 +238,28 @@ def replicate(tree, mesh: Mesh):
 
 
 def make_train_batches(
-  data: input_pipeline.PreparedData, mesh: Mesh, fixed: int | None = None
-) -> Callable[..., Iterator[tuple[input_pipeline.GraphBatch, int, int]]]:
+  data: input_pipeline.PreparedData, mesh: Mesh, single_shape: bool = False
+) -> Callable[..., Iterator[tuple[input_pipeline.GraphBatch, tuple, int]]]:
   """Training batches on the mesh, epoch by epoch, for a training loop.
 
   Args:
-    data: the prepared dataset; per-device budgets are computed once, on its
+    data: the prepared dataset; per-device shapes are computed once, on its
       training molecules.
     mesh: from :func:`make_mesh`.
-    fixed: one block size for every batch (``Config.fixed_shapes``; see
-      :func:`models.train.block_size`); then every batch is also padded to
-      the one per-device budget that fits any, so the step compiles once.
+    single_shape: pad every batch to the per-device shape that holds any
+      (``Config.fixed_shapes``), so the step compiles once.
 
   Returns:
     ``epoch_batches(epoch, seed=0, drop_last=True)``, an iterator of
-    ``(batch, max_atoms, num_graphs)``: the stacked batch placed on the mesh
-    (:func:`shard_batch`), its static :func:`block_size` and the number of
-    molecules in the global batch. The global batches are those of
+    ``(batch, blocks, num_graphs)``: the stacked batch placed on the mesh
+    (:func:`shard_batch`), the model's static ``blocks`` for it and the
+    number of molecules in the global batch. The global batches are those of
     ``data.train_batches(epoch, seed, drop_last)``, so training on ``D``
     devices sees the same molecules at every step as on one.
   """
   n_atoms = data.dataset.graphs.n_atoms[data.split.train]
   budgets = per_device_budgets(n_atoms, data.batch_size, mesh.size)
-  if fixed is not None:
+  if single_shape:
     budgets = budgets[-1:]
   positions = local_positions(mesh)
 
@@ -296,16 +281,18 @@ def make_train_batches(
         scaler=data.scaler,
         positions=positions,
       )
-      yield shard_batch(batch, mesh), block_size(batch, fixed), len(idx)
+      blocks = input_pipeline.shape_of(batch, budgets).blocks
+      yield shard_batch(batch, mesh), blocks, len(idx)
 
   return epoch_batches
 
 
-def make_parallel_value_and_grad(model, task_type: str):
-  """``value_and_grad(params, batch, max_atoms)`` for a ``shard_map`` body.
+def make_parallel_value_and_grad(model, loss):
+  """``value_and_grad(params, batch, blocks)`` for a ``shard_map`` body.
 
-  ``batch`` is this device's GraphBatch (no device axis). Returns the loss
-  and gradient of :func:`models.train.masked_loss` on the union of every
+  ``batch`` is this device's GraphBatch (no device axis); ``loss(logits,
+  labels, mask)`` the loss of a batch (``models.train.masked_loss`` with its
+  task). Returns the loss and gradient of ``loss`` on the union of every
   device's batch, both replicated: the model's forward and backward passes
   run on the local molecules, the ``[G, T]`` logits, labels and masks of all
   devices are gathered so the loss is taken on the union exactly as on one
@@ -316,68 +303,68 @@ def make_parallel_value_and_grad(model, task_type: str):
   def gather(x):
     return jax.lax.all_gather(x, AXIS, tiled=True)
 
-  def value_and_grad(params, batch, max_atoms):
+  def value_and_grad(params, batch, blocks):
     def apply(p):
-      return model.apply({"params": p}, batch.graphs, max_atoms)
+      return model.apply({"params": p}, batch.graphs, blocks)
 
     logits, pullback = jax.vjp(apply, params)
     labels = gather(batch.labels)
     mask = gather(batch.label_mask)
 
     def union_loss(all_logits):
-      return train.masked_loss(all_logits, labels, mask, task_type)
+      return loss(all_logits, labels, mask)
 
-    loss, logit_grads = jax.value_and_grad(union_loss)(gather(logits))
+    value, logit_grads = jax.value_and_grad(union_loss)(gather(logits))
     mine = jax.lax.dynamic_slice_in_dim(
       logit_grads, jax.lax.axis_index(AXIS) * len(logits), len(logits)
     )
     (grads,) = pullback(mine)
-    return loss, jax.lax.psum(grads, AXIS)
+    return value, jax.lax.psum(grads, AXIS)
 
   return value_and_grad
 
 
 def make_parallel_train_step(
-  model, tx, task_type: str, mesh: Mesh, compiler_options=None
+  model, loss, update, mesh: Mesh, compiler_options=None
 ):
   """The data-parallel twin of :func:`models.train.make_train_step`.
 
-  Returns ``train_step(params, opt_state, batch, max_atoms)`` ->
-  ``(params, opt_state, loss)`` where ``batch`` is a stacked batch (from
-  :func:`make_device_batch`, ideally placed by :func:`shard_batch`),
-  ``max_atoms`` its static :func:`block_size`, and params and state are
-  replicated (:func:`replicate`). Every optimizer of the registry runs
-  unchanged: it sees the full gradient of the union batch's loss, and
-  ``grad_fn`` evaluates that same parallel gradient at other parameters.
-  ``compiler_options`` go to ``jax.jit`` (for example
-  ``models.train.FAST_COMPILE``).
+  Returns ``train_step(params, opt_state, totals, batch, values, blocks)``
+  -> ``(params, opt_state, totals)`` where ``batch`` is a stacked batch
+  (from :func:`make_device_batch`, ideally placed by :func:`shard_batch`),
+  ``blocks`` its static attention layout, and everything else replicated
+  (:func:`replicate`). ``update(value_and_grad, params, opt_state, totals,
+  values)`` is the optimizer step (``models.train.optimizer_step`` bound to
+  its optimizer): every optimizer of the registry runs unchanged, seeing the
+  full gradient of the union batch's loss, and ``grad_fn`` evaluates that
+  same parallel gradient at other parameters. ``compiler_options`` go to
+  ``jax.jit``.
   """
-  value_and_grad = make_parallel_value_and_grad(model, task_type)
+  value_and_grad = make_parallel_value_and_grad(model, loss)
 
-  def local_step(params, opt_state, batch, max_atoms):
+  def local_step(params, opt_state, totals, batch, values, blocks):
     batch = jax.tree.map(lambda x: x[0], batch)  # this device's block
-    loss, grads = value_and_grad(params, batch, max_atoms)
-    updates, opt_state = tx.update(
-      grads,
-      opt_state,
+    return update(
+      functools.partial(value_and_grad, batch=batch, blocks=blocks),
       params,
-      grad_fn=lambda p: value_and_grad(p, batch, max_atoms)[1],
+      opt_state,
+      totals,
+      values,
     )
-    return optax.apply_updates(params, updates), opt_state, loss
 
   @functools.partial(
-    jax.jit, static_argnames="max_atoms", compiler_options=compiler_options
+    jax.jit, static_argnames="blocks", compiler_options=compiler_options
   )
-  def train_step(params, opt_state, batch, max_atoms):
+  def train_step(params, opt_state, totals, batch, values, blocks):
     step = jax.shard_map(
-      functools.partial(local_step, max_atoms=max_atoms),
+      functools.partial(local_step, blocks=blocks),
       mesh=mesh,
-      in_specs=(P(), P(), P(AXIS)),
+      in_specs=(P(), P(), P(), P(AXIS), P()),
       out_specs=P(),
       # Gradients are summed explicitly; the model's custom-VJP GRU does not
       # carry the varying-axis types that check_vma would need.
       check_vma=False,
     )
-    return step(params, opt_state, batch)
+    return step(params, opt_state, totals, batch, values)
 
   return train_step

@@ -17,6 +17,17 @@ The train step is the plain optax loop of the optimizer contract::
 so Adam costs one pass per step, SAM two, and GraphSAM one plus one per epoch.
 Evaluation and checkpoints of the best model use
 ``graphsam_optax.eval_params(opt_state, params)``, the clean weights.
+
+What a compiled step depends on, and what it does not. Every float
+hyperparameter (learning-rate schedule, Adam's, ρ, β, ...) reaches the step
+as an array (:func:`float_hyperparameters`): the optimizer is built inside
+the step from them, so every run of one model configuration and optimizer
+family (name and integer/boolean hyperparameters) shares one compiled step,
+and a sweep over ρ compiles once. Batches come in at most two shapes per
+dataset (``models.input_pipeline.padding_budgets``), so a run compiles at
+most two train steps, the second only if a batch needs it. The step sums the
+loss on the device; the loop reads it once per epoch, so building the next
+batch on the host overlaps the step.
 """
 
 from __future__ import annotations
@@ -27,8 +38,11 @@ import functools
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,81 +57,46 @@ import tqdm
 from sklearn import metrics as sk_metrics
 
 import graphsam_optax
-from graphsam_optax import _registry
 from models import featurization
 from models import input_pipeline
 from models import model as model_lib
+from models import parallel
 from models.configs import default
 
-# Static per-molecule block sizes (see model.CoMPT.max_atoms): a batch uses
-# the smallest one that holds its largest molecule. Powers of two: a step
-# compiles for a few (budget, block) pairs per dataset (BBBP: block 64 for
-# most batches, 128 or 256 for the rest), and a block at most twice the
-# batch's largest molecule costs little (the GRU runs only as many steps as
-# that molecule has atoms; the n^2 part is a small share of the step).
-BLOCK_SIZES = (16, 32, 64, 128, 256, 512)
-
 OPTIMIZERS = ("adam",) + tuple(
-  name for name in _registry.optimizer_names() if name != "base"
+  name for name in graphsam_optax.optimizer_names() if name != "base"
+)
+
+# The Config fields of the learning-rate schedule and of Adam: floats that
+# reach the compiled step as arrays, like the optimizer's own.
+SCHEDULE_FIELDS = (
+  "init_lr",
+  "max_lr",
+  "final_lr",
+  "warmup_epochs",
+  "lr_decay_epochs",
+  "adam_b1",
+  "adam_b2",
+  "adam_eps",
 )
 
 
-def ladder(atoms: int) -> int:
-  """The smallest of ``BLOCK_SIZES`` holding ``atoms`` (then 128 multiples)."""
-  for size in BLOCK_SIZES:
-    if atoms <= size:
-      return size
-  return -(-atoms // 128) * 128
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or infinite; the run stopped.
 
-
-def block_size(
-  batch: input_pipeline.GraphBatch, fixed: int | None = None
-) -> int:
-  """The static block size for ``batch``; checks the bonded-pair capacity.
-
-  Args:
-    batch: a padded batch.
-    fixed: the block size of every batch (``Config.fixed_shapes``); None
-      picks the ladder step of the batch's largest molecule.
-
-  Raises:
-    ValueError: if the batch has more bonded pairs than the model's static
-      capacity (``model.BONDED_PER_ATOM`` per padded atom).
+  Attributes:
+    epoch: the epoch (1-based) of the first non-finite loss.
+    step: its step within the epoch (1-based).
+    loss: the loss value (NaN or inf).
   """
-  graphs = batch.graphs
-  largest = int(np.max(np.asarray(graphs.n_node)[batch.graph_mask], initial=1))
-  bonded = int(np.count_nonzero(np.asarray(graphs.edges["bond"])))
-  capacity = model_lib.BONDED_PER_ATOM * graphs.nodes.shape[0]
-  if bonded > capacity:
-    raise ValueError(
-      f"a batch has {bonded} bonded atom pairs, more than the model's "
-      f"capacity {capacity} (BONDED_PER_ATOM * padded atoms)"
+
+  def __init__(self, epoch: int, step: int, loss: float):
+    self.epoch, self.step, self.loss = epoch, step, loss
+    super().__init__(
+      f"the training loss became {loss} at epoch {epoch}, step {step}; the "
+      f"last good checkpoint (epoch {epoch - 1}) is kept. Try a smaller rho "
+      "or learning rate."
     )
-  if fixed is None:
-    return ladder(largest)
-  if largest > fixed:
-    raise ValueError(f"a batch has a molecule of {largest} atoms > {fixed}")
-  return fixed
-
-
-def fixed_block_size(
-  config: default.Config, data: input_pipeline.PreparedData
-) -> int | None:
-  """The one block size of ``config.fixed_shapes`` runs, else None.
-
-  It is the ladder step of the largest molecule kept in any split part.
-  """
-  if not config.fixed_shapes:
-    return None
-  kept = np.concatenate(list(data.split))
-  return ladder(int(data.dataset.n_atoms[kept].max()))
-
-
-def block_function(
-  config: default.Config, data: input_pipeline.PreparedData
-) -> Callable[[input_pipeline.GraphBatch], int]:
-  """Each batch's static block size for ``config`` on ``data``."""
-  return functools.partial(block_size, fixed=fixed_block_size(config, data))
 
 
 def bond_vocabulary() -> tuple:
@@ -151,26 +130,25 @@ FAST_COMPILE = {
 }
 
 
-def make_init(model, compiler_options=None):
-  """Jitted ``init(seed, graphs, max_atoms)`` -> the ``"params"`` collection."""
-
-  @functools.partial(
-    jax.jit, static_argnames="max_atoms", compiler_options=compiler_options
-  )
-  def init(seed, graphs, max_atoms):
-    return model.init(jax.random.key(seed), graphs, max_atoms)["params"]
-
-  return init
-
-
 def learning_rate_schedule(
-  config: default.Config, steps_per_epoch: int
+  config: default.Config,
+  steps_per_epoch: int,
+  values: Mapping[str, Any] | None = None,
 ) -> optax.Schedule:
   """The paper's per-step learning rate.
 
   Linear warm-up from ``init_lr`` to ``max_lr`` over ``warmup_epochs``, then
   exponential decay reaching ``final_lr`` at ``lr_decay_epochs``, constant
-  afterwards (the ``NoamLR`` of the authors' code).
+  afterwards (the ``NoamLR`` of the authors' code). The formulas are optax's
+  ``linear_schedule`` and ``exponential_decay`` joined at the warm-up's end,
+  written so that every value may be an array (a tracer inside a jitted
+  step).
+
+  Args:
+    config: the run; its schedule fields are the defaults of ``values``.
+    steps_per_epoch: optimizer steps per epoch.
+    values: overrides of the schedule fields (``SCHEDULE_FIELDS``), floats
+      or arrays.
 
   Examples:
     >>> from models.configs import default
@@ -178,20 +156,29 @@ def learning_rate_schedule(
     >>> [f"{float(schedule(s)):.1e}" for s in (0, 10, 20, 300, 1000)]
     ['1.0e-04', '5.5e-04', '1.0e-03', '1.0e-04', '1.0e-04']
   """
-  warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
-  decay = max(1, round(config.lr_decay_epochs * steps_per_epoch) - warmup)
-  return optax.join_schedules(
-    [
-      optax.linear_schedule(config.init_lr, config.max_lr, warmup),
-      optax.exponential_decay(
-        config.max_lr,
-        transition_steps=decay,
-        decay_rate=config.final_lr / config.max_lr,
-        end_value=config.final_lr,
-      ),
-    ],
-    [warmup],
+  v = {f: getattr(config, f) for f in SCHEDULE_FIELDS}
+  v.update(values or {})
+  warmup = jnp.maximum(1.0, jnp.round(v["warmup_epochs"] * steps_per_epoch))
+  decay = jnp.maximum(
+    1.0, jnp.round(v["lr_decay_epochs"] * steps_per_epoch) - warmup
   )
+  rate = v["final_lr"] / v["max_lr"]
+
+  def schedule(count):
+    ramp = 1 - jnp.clip(count, 0, warmup) / warmup
+    rising = (v["init_lr"] - v["max_lr"]) * ramp + v["max_lr"]
+    after = count - warmup
+    falling = jnp.where(
+      after <= 0, v["max_lr"], v["max_lr"] * jnp.power(rate, after / decay)
+    )
+    falling = jnp.where(
+      rate < 1,
+      jnp.maximum(falling, v["final_lr"]),
+      jnp.minimum(falling, v["final_lr"]),
+    )
+    return jnp.where(count < warmup, rising, falling)
+
+  return schedule
 
 
 def registry_name(optimizer: str) -> str:
@@ -199,42 +186,86 @@ def registry_name(optimizer: str) -> str:
   return "base" if optimizer == "adam" else optimizer
 
 
-def create_optimizer(
-  config: default.Config, steps_per_epoch: int
-) -> optax.GradientTransformationExtraArgs:
-  """``config.optimizer`` from the registry around the paper's Adam.
+def optimizer_hyperparameters(config: default.Config) -> dict[str, Any]:
+  """The optimizer's hyperparameters: registry defaults, then the config's.
 
-  Raises:
-    ValueError: on an unknown optimizer or hyperparameter, or an invalid
-      value (the registry's message names it).
+  A method's ``seed`` defaults to the run's.
   """
   if config.optimizer not in OPTIMIZERS:
     raise ValueError(
       f"optimizer={config.optimizer!r} is unknown; choose one of "
       f"{', '.join(OPTIMIZERS)}"
     )
-  base = optax.adam(
-    learning_rate_schedule(config, steps_per_epoch),
-    b1=config.adam_b1,
-    b2=config.adam_b2,
-    eps=config.adam_eps,
+  defaults = graphsam_optax.optimizer_spec(
+    registry_name(config.optimizer)
+  ).defaults
+  merged = {**defaults, **config.hyperparameters}
+  if "seed" in defaults and "seed" not in config.hyperparameters:
+    merged["seed"] = config.seed
+  return merged
+
+
+def _is_float_hyperparameter(name: str, default: Any, value: Any) -> bool:
+  del name
+  return (
+    isinstance(default, float)
+    and isinstance(value, (int, float))
+    and not isinstance(value, bool)
   )
-  return _registry.get_optimizer(
+
+
+def float_hyperparameters(config: default.Config) -> dict[str, float]:
+  """Every float the optimizer depends on, by name: schedule, Adam, method.
+
+  These reach the compiled step as arrays (see :func:`make_train_step`); the
+  rest of :func:`optimizer_hyperparameters` (integers, booleans, schedules)
+  is part of what the step is compiled for.
+  """
+  defaults = graphsam_optax.optimizer_spec(
+    registry_name(config.optimizer)
+  ).defaults
+  out = {f: float(getattr(config, f)) for f in SCHEDULE_FIELDS}
+  for name, value in optimizer_hyperparameters(config).items():
+    if _is_float_hyperparameter(name, defaults.get(name), value):
+      out[name] = float(value)
+  return out
+
+
+def create_optimizer(
+  config: default.Config,
+  steps_per_epoch: int,
+  values: Mapping[str, Any] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """``config.optimizer`` from the registry around the paper's Adam.
+
+  Args:
+    config: the run.
+    steps_per_epoch: optimizer steps per epoch.
+    values: overrides of :func:`float_hyperparameters` (arrays inside a
+      jitted step); None takes the config's.
+
+  Raises:
+    ValueError: on an unknown optimizer or hyperparameter, or an invalid
+      value (the registry's message names it).
+  """
+  hyperparameters = optimizer_hyperparameters(config)
+  v = {**float_hyperparameters(config), **(values or {})}
+  base = optax.adam(
+    learning_rate_schedule(config, steps_per_epoch, v),
+    b1=v["adam_b1"],
+    b2=v["adam_b2"],
+    eps=v["adam_eps"],
+  )
+  hyperparameters.update(
+    {k: v[k] for k in hyperparameters if k in v and k not in SCHEDULE_FIELDS}
+  )
+  return graphsam_optax.get_optimizer(
     registry_name(config.optimizer),
     base,
     steps_per_epoch=steps_per_epoch,
     total_steps=steps_per_epoch * config.epochs,
-    **_optimizer_hyperparameters(config),
+    **hyperparameters,
   )
-
-
-def _optimizer_hyperparameters(config: default.Config) -> dict[str, Any]:
-  """The config's overrides; a method's ``seed`` defaults to the run's."""
-  hyperparameters = dict(config.hyperparameters)
-  defaults = _registry.optimizer_spec(registry_name(config.optimizer)).defaults
-  if "seed" in defaults:
-    hyperparameters.setdefault("seed", config.seed)
-  return hyperparameters
 
 
 def masked_loss(logits, labels, mask, task_type: str):
@@ -272,51 +303,109 @@ def _numpy_loss(logits, labels, mask, task_type: str) -> float:
 
 
 def make_loss_fn(model, task_type: str):
-  """``loss_fn(params, batch, max_atoms)`` of one batch."""
+  """``loss_fn(params, batch, blocks)`` of one batch."""
 
-  def loss_fn(params, batch, max_atoms):
-    logits = model.apply({"params": params}, batch.graphs, max_atoms)
+  def loss_fn(params, batch, blocks):
+    logits = model.apply({"params": params}, batch.graphs, blocks)
     return masked_loss(logits, batch.labels, batch.label_mask, task_type)
 
   return loss_fn
 
 
-def make_train_step(model, tx, task_type: str, compiler_options=None):
-  """One jitted step for every optimizer: ``(params, opt_state, batch)``.
+class EpochTotals(NamedTuple):
+  """What the train step accumulates on the device over an epoch.
 
-  ``max_atoms`` is the static block size of the batch (:func:`block_size`);
-  the step compiles once per padding budget and block size. ``grad_fn``
-  differentiates the same batch's loss, for the optimizers that take a
-  second gradient.
+  Attributes:
+    loss_sum: f32[] sum of the step losses.
+    steps: i32[] steps taken.
+    first_nonfinite: i32[] the first step (0-based) whose loss was not
+      finite, -1 while none was.
+    nonfinite_loss: f32[] that step's loss.
+  """
+
+  loss_sum: jax.Array
+  steps: jax.Array
+  first_nonfinite: jax.Array
+  nonfinite_loss: jax.Array
+
+  @classmethod
+  def zeros(cls) -> EpochTotals:
+    return cls(np.float32(0), np.int32(0), np.int32(-1), np.float32(0))
+
+  def add(self, loss) -> EpochTotals:
+    bad = ~jnp.isfinite(loss) & (self.first_nonfinite < 0)
+    return EpochTotals(
+      self.loss_sum + loss,
+      self.steps + 1,
+      jnp.where(bad, self.steps, self.first_nonfinite),
+      jnp.where(bad, loss, self.nonfinite_loss),
+    )
+
+
+def optimizer_step(make_tx, value_and_grad, params, opt_state, totals, values):
+  """One step of the optimizer contract; shared by every device layout.
+
+  ``make_tx(values)`` builds the optimizer from the float hyperparameters;
+  ``value_and_grad(params)`` gives the batch's loss and gradient.
+  """
+  tx = make_tx(values)
+  loss, grads = value_and_grad(params)
+  updates, opt_state = tx.update(
+    grads,
+    opt_state,
+    params,
+    grad_fn=lambda p: value_and_grad(p)[1],
+  )
+  return optax.apply_updates(params, updates), opt_state, totals.add(loss)
+
+
+def make_train_step(model, task_type: str, make_tx, compiler_options=None):
+  """One jitted step for every optimizer of a family.
+
+  Returns ``train_step(params, opt_state, totals, batch, values, blocks)``
+  -> ``(params, opt_state, totals)``: ``values`` are the float
+  hyperparameters (:func:`float_hyperparameters`, as arrays), ``totals``
+  the :class:`EpochTotals` so far, ``blocks`` the batch's static attention
+  layout (``PreparedData.blocks_of``). ``grad_fn`` differentiates the same
+  batch's loss, for the optimizers that take a second gradient.
   """
   loss_fn = make_loss_fn(model, task_type)
-  value_and_grad = jax.value_and_grad(loss_fn)
-  grad = jax.grad(loss_fn)
 
   @functools.partial(
-    jax.jit, static_argnames="max_atoms", compiler_options=compiler_options
+    jax.jit, static_argnames="blocks", compiler_options=compiler_options
   )
-  def train_step(params, opt_state, batch, max_atoms):
-    loss, grads = value_and_grad(params, batch, max_atoms)
-    updates, opt_state = tx.update(
-      grads,
-      opt_state,
-      params,
-      grad_fn=lambda p: grad(p, batch, max_atoms),
+  def train_step(params, opt_state, totals, batch, values, blocks):
+    value_and_grad = jax.value_and_grad(
+      functools.partial(loss_fn, batch=batch, blocks=blocks)
     )
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optimizer_step(
+      make_tx, value_and_grad, params, opt_state, totals, values
+    )
 
   return train_step
 
 
-def make_predict(model, compiler_options=None):
-  """Jitted ``predict(params, graphs, max_atoms)`` -> logits ``[G, T]``."""
+def make_init(model, make_tx, compiler_options=None):
+  """Jitted ``init(seed, graphs, values, blocks)`` -> (params, opt_state)."""
 
   @functools.partial(
-    jax.jit, static_argnames="max_atoms", compiler_options=compiler_options
+    jax.jit, static_argnames="blocks", compiler_options=compiler_options
   )
-  def predict(params, graphs, max_atoms):
-    return model.apply({"params": params}, graphs, max_atoms)
+  def init(seed, graphs, values, blocks):
+    params = model.init(jax.random.key(seed), graphs, blocks)["params"]
+    return params, make_tx(values).init(params)
+
+  return init
+
+
+def make_predict(model, compiler_options=None):
+  """Jitted ``predict(params, graphs, blocks)`` -> logits ``[G, T]``."""
+
+  @functools.partial(
+    jax.jit, static_argnames="blocks", compiler_options=compiler_options
+  )
+  def predict(params, graphs, blocks):
+    return model.apply({"params": params}, graphs, blocks)
 
   return predict
 
@@ -356,16 +445,17 @@ def evaluate(
   batches: Iterable[input_pipeline.GraphBatch],
   task_type: str,
   scaler: input_pipeline.TargetScaler | None,
-  blocks: Callable[[input_pipeline.GraphBatch], int] = block_size,
+  blocks_of: Callable[[input_pipeline.GraphBatch], tuple[int, int]],
 ) -> dict[str, float]:
   """Loss and the task's metric (ROC-AUC, or RMSE in original units).
 
   ``params`` are the clean weights (``graphsam_optax.eval_params``);
-  ``blocks`` gives each batch's static block size.
+  ``blocks_of`` gives each batch's static attention layout
+  (``PreparedData.blocks_of``).
   """
   logits, labels, masks = [], [], []
   for batch in batches:
-    out = predict(params, batch.graphs, blocks(batch))
+    out = predict(params, batch.graphs, blocks_of(batch))
     logits.append(np.asarray(out)[batch.graph_mask])
     labels.append(batch.labels[batch.graph_mask])
     masks.append(batch.label_mask[batch.graph_mask])
@@ -385,8 +475,9 @@ def prepare_data(
   """Loads and splits ``config.dataset``; applies the subset options.
 
   ``max_molecule_atoms`` and ``max_molecules`` shrink the split (the scaler
-  is refitted on what remains); ``fixed_shapes`` replaces the padding
-  budgets by the single one that fits any batch of the kept molecules.
+  is refitted and the batch shapes fitted to what remains);
+  ``fixed_shapes`` keeps only the shape that holds any batch (one compiled
+  step, slower per step).
   """
   data = input_pipeline.prepare_data(
     config.dataset,
@@ -404,93 +495,136 @@ def prepare_data(
   if config.max_molecules is not None:
     parts = [p[: config.max_molecules] for p in parts]
   split = type(data.split)(*parts)
-  scaler = data.scaler
-  if scaler is not None and split is not data.split:
-    scaler = input_pipeline.TargetScaler.fit(data.dataset.labels[split.train])
-  budgets = data.budgets
-  if config.fixed_shapes:
-    kept = np.sort(n_atoms[np.concatenate(parts)].astype(np.int64))[::-1]
-    top = kept[: config.batch_size]
-    budgets = (
-      input_pipeline.GraphsTupleSize(
-        -(-(int(top.sum()) + 1) // 64) * 64,
-        -(-int((top * top).sum()) // 512) * 512,
-        config.batch_size + 1,
-      ),
+  scaler, budgets = data.scaler, data.budgets
+  if split is not data.split:
+    if scaler is not None:
+      scaler = input_pipeline.TargetScaler.fit(data.dataset.labels[split.train])
+    budgets = input_pipeline.padding_budgets(
+      n_atoms[np.concatenate(parts)], config.batch_size
     )
+  if config.fixed_shapes:
+    budgets = budgets[-1:]
   return dataclasses.replace(data, split=split, scaler=scaler, budgets=budgets)
 
 
 class Functions(NamedTuple):
-  """The jitted functions of one model and optimizer (:func:`build`).
+  """The jitted functions of one model and optimizer family (:func:`build`).
 
   Attributes:
     model: the CoMPT module.
-    tx: the optimizer.
-    init: ``init(seed, graphs, max_atoms)`` -> params (:func:`make_init`).
-    init_state: ``tx.init`` jitted.
+    make_tx: ``make_tx(values)`` builds the optimizer from the float
+      hyperparameters (:func:`float_hyperparameters`; arrays or floats).
+    init: :func:`make_init`.
     train_step: :func:`make_train_step`.
     predict: :func:`make_predict`.
     eval_params: ``graphsam_optax.eval_params`` jitted.
+    compiler_options: the options all of them compile with.
   """
 
   model: model_lib.CoMPT
-  tx: optax.GradientTransformationExtraArgs
+  make_tx: Callable
   init: Callable
-  init_state: Callable
   train_step: Callable
   predict: Callable
   eval_params: Callable
+  compiler_options: Mapping[str, Any] | None
 
 
-_BUILT: dict = {}
+# Functions of the most recently used families; evicting one drops its
+# jitted functions and with them their compiled executables.
+_BUILT: OrderedDict = OrderedDict()
+MAX_BUILT = 4
+
+
+def family_key(
+  config: default.Config, num_tasks: int, task_type: str, steps_per_epoch: int
+) -> tuple:
+  """What a run's compiled functions depend on: the model, the task, the
+  optimizer's name and non-float hyperparameters, the steps per epoch
+  (anchors, ρ decay), the run length where the method needs it, and the
+  compiler options. Float hyperparameters are not part of it."""
+  floats = float_hyperparameters(config)
+  statics = sorted(
+    (k, repr(v))
+    for k, v in optimizer_hyperparameters(config).items()
+    if k not in floats
+  )
+  spec = graphsam_optax.optimizer_spec(registry_name(config.optimizer))
+  return (
+    create_model(config, num_tasks),
+    task_type,
+    config.optimizer,
+    tuple(statics),
+    steps_per_epoch,
+    config.epochs if "total_steps" in spec.needs else None,
+    config.fast_compile,
+  )
 
 
 def build(
   config: default.Config, num_tasks: int, task_type: str, steps_per_epoch: int
 ) -> Functions:
-  """The model, optimizer and jitted functions of a configuration, cached.
+  """The model, optimizer and jitted functions of a run's family, cached.
 
-  Runs in one process with the same model and optimizer (seeds, resumed
-  runs, tests) reuse the jitted functions and hence their compilations.
+  Runs in one process that share :func:`family_key` (seeds, other ρ, β or
+  learning rates, resumed runs, tests) share these functions and hence their
+  compilations; the least recently used family beyond ``MAX_BUILT`` is
+  dropped.
   """
-  tx_fields = (
-    "optimizer",
-    "init_lr",
-    "max_lr",
-    "final_lr",
-    "warmup_epochs",
-    "lr_decay_epochs",
-    "adam_b1",
-    "adam_b2",
-    "adam_eps",
-  )
+  key = family_key(config, num_tasks, task_type, steps_per_epoch)
+  if key in _BUILT:
+    _BUILT.move_to_end(key)
+    return _BUILT[key]
   model = create_model(config, num_tasks)
-  spec = _registry.optimizer_spec(registry_name(config.optimizer))
-  key = (
-    model,
-    task_type,
-    steps_per_epoch,
-    tuple(getattr(config, f) for f in tx_fields),
-    config.epochs if "total_steps" in spec.needs else None,
-    repr(sorted(_optimizer_hyperparameters(config).items())),
-    config.fast_compile,
+  options = FAST_COMPILE if config.fast_compile else None
+
+  def make_tx(values):
+    return create_optimizer(config, steps_per_epoch, values)
+
+  _BUILT[key] = Functions(
+    model=model,
+    make_tx=make_tx,
+    init=make_init(model, make_tx, options),
+    train_step=make_train_step(model, task_type, make_tx, options),
+    predict=make_predict(model, options),
+    eval_params=jax.jit(graphsam_optax.eval_params),
+    compiler_options=options,
   )
-  if key not in _BUILT:
-    if len(_BUILT) >= 8:
-      _BUILT.clear()
-    tx = create_optimizer(config, steps_per_epoch)
-    options = FAST_COMPILE if config.fast_compile else None
-    _BUILT[key] = Functions(
-      model=model,
-      tx=tx,
-      init=make_init(model, options),
-      init_state=jax.jit(tx.init),
-      train_step=make_train_step(model, tx, task_type, options),
-      predict=make_predict(model, options),
-      eval_params=jax.jit(graphsam_optax.eval_params),
-    )
+  while len(_BUILT) > MAX_BUILT:
+    _BUILT.popitem(last=False)
   return _BUILT[key]
+
+
+class CompiledSteps:
+  """The executables of one jitted function, compiled ahead of first use.
+
+  ``get(*args, blocks=...)`` returns the executable for the arguments'
+  shapes, compiling it the first time (and logging how long that took).
+  ``count`` is how many this run compiled.
+  """
+
+  def __init__(self, jitted, what: str, log: Callable[[str], Any]):
+    self.jitted, self.what, self.log = jitted, what, log
+    self.executables: dict = {}
+    self.seconds = 0.0
+
+  @property
+  def count(self) -> int:
+    return len(self.executables)
+
+  def get(self, *args, blocks):
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((np.shape(x), x.dtype) for x in leaves), blocks)
+    if key not in self.executables:
+      tic = time.perf_counter()
+      self.executables[key] = self.jitted.lower(*args, blocks=blocks).compile()
+      seconds = time.perf_counter() - tic
+      self.seconds += seconds
+      self.log(
+        f"compiled the {self.what} for batch shape {self.count} "
+        f"({blocks[0]} blocks of {blocks[1]} atoms) in {seconds:.1f} s"
+      )
+    return self.executables[key]
 
 
 class _Checkpoints:
@@ -515,6 +649,9 @@ class _Checkpoints:
     self.manager.save(epoch, args=ocp.args.StandardSave(state))
     self.manager.wait_until_finished()
 
+  def close(self) -> None:
+    self.manager.close()
+
 
 def _write_history(workdir: Path, history: Sequence[dict]) -> None:
   (workdir / "metrics.json").write_text(json.dumps(list(history), indent=1))
@@ -532,6 +669,89 @@ def _config_record(config: default.Config) -> dict:
     for k, v in config.hyperparameters.items()
   }
   return record
+
+
+class _Engine(NamedTuple):
+  """How a run trains: its step, its batches and where its state lives.
+
+  ``epoch_batches(epoch, seed, drop_last)`` yields ``(batch, blocks,
+  molecules)`` with the batch already on the device(s); ``place`` puts a
+  tree where the step wants its state.
+  """
+
+  step: CompiledSteps
+  epoch_batches: Callable[..., Iterator[tuple]]
+  place: Callable[[Any], Any]
+  steps_per_epoch: int
+
+
+def _engine(fns, data, config, task_type, num_devices, log) -> _Engine:
+  """The single-device or data-parallel step and batches of a run."""
+  mesh = parallel.make_mesh(num_devices)
+  if mesh.size == 1:
+    device = mesh.devices.flat[0]
+
+    def epoch_batches(epoch, seed, drop_last):
+      for batch in data.train_batches(epoch, seed, drop_last):
+        yield (
+          jax.device_put(batch, device),
+          data.blocks_of(batch),
+          int(batch.graph_mask.sum()),
+        )
+
+    step = fns.train_step
+    place = functools.partial(jax.device_put, device=device)
+  else:
+    step = parallel.make_parallel_train_step(
+      fns.model,
+      functools.partial(masked_loss, task_type=task_type),
+      functools.partial(optimizer_step, fns.make_tx),
+      mesh,
+      fns.compiler_options,
+    )
+    epoch_batches = parallel.make_train_batches(
+      data, mesh, single_shape=config.fixed_shapes
+    )
+    place = functools.partial(parallel.replicate, mesh=mesh)
+  return _Engine(
+    CompiledSteps(step, "train step", log),
+    epoch_batches,
+    place,
+    data.steps_per_epoch(config.drop_last),
+  )
+
+
+def _train_epoch(
+  engine: _Engine, params, opt_state, values, epoch, config, progress
+):
+  """One epoch of steps; returns the new state, the device-summed
+  :class:`EpochTotals`, the molecules seen and the seconds of stepping
+  (compilation excluded)."""
+  totals, graphs, pending = engine.place(EpochTotals.zeros()), 0, []
+  batches = engine.epoch_batches(epoch - 1, config.seed, config.drop_last)
+  bar = tqdm.tqdm(
+    total=engine.steps_per_epoch,
+    desc=f"epoch {epoch}",
+    disable=not progress,
+    leave=False,
+  )
+  tic, compiling = time.perf_counter(), engine.step.seconds
+  for batch, blocks, count in batches:
+    step = engine.step.get(
+      params, opt_state, totals, batch, values, blocks=blocks
+    )
+    params, opt_state, totals = step(params, opt_state, totals, batch, values)
+    # Two steps in flight: the host builds the next batch meanwhile.
+    pending.append(totals.steps)
+    if len(pending) > 2:
+      pending.pop(0).block_until_ready()
+    graphs += count
+    bar.update()
+    bar.set_postfix(graphs_s=f"{graphs / (time.perf_counter() - tic):.0f}")
+  totals = jax.device_get(totals)
+  bar.close()
+  seconds = time.perf_counter() - tic - (engine.step.seconds - compiling)
+  return params, opt_state, totals, graphs, seconds
 
 
 def train_and_evaluate(
@@ -557,8 +777,8 @@ def train_and_evaluate(
     workdir: output directory.
     data_dir: directory of the MoleculeNet CSVs (else ``GRAPHSAM_DATA_DIR``).
     cache_dir: cache for downloads and featurized molecules.
-    progress: show a tqdm bar per epoch (loss, graphs/s).
-    log: receives one line per epoch.
+    progress: show a tqdm bar per epoch (steps, graphs/s).
+    log: receives one line per epoch, and one per compiled step.
     on_epoch_end: called with the epoch number after its checkpoint.
     num_devices: devices the training batches are split over (data
       parallelism, :mod:`models.parallel`); None uses all. Every step sees the
@@ -567,6 +787,10 @@ def train_and_evaluate(
 
   Returns:
     The summary (also written to ``summary.json``).
+
+  Raises:
+    NonFiniteLossError: when the training loss becomes NaN or infinite; the
+      checkpoint of the last finished epoch is kept.
   """
   start = time.perf_counter()
   workdir = Path(workdir)
@@ -594,32 +818,16 @@ def train_and_evaluate(
       f"{len(data.split.train)} training molecules make no batch of "
       f"{config.batch_size}"
     )
+  create_optimizer(config, steps_per_epoch)  # validates the values
   fns = build(config, spec.num_tasks, spec.task_type, steps_per_epoch)
-  fixed = fixed_block_size(config, data)
-  blocks = functools.partial(block_size, fixed=fixed)
+  engine = _engine(fns, data, config, spec.task_type, num_devices, log)
+  values = engine.place(
+    {k: np.float32(v) for k, v in float_hyperparameters(config).items()}
+  )
   first = next(data.train_batches(0, config.seed, config.drop_last))
-  params = fns.init(config.seed, first.graphs, blocks(first))
-  opt_state = fns.init_state(params)
-  # models.parallel imports this module: import it here, not at the top.
-  from models import parallel
-
-  mesh = parallel.make_mesh(num_devices)
-  if mesh.size > 1:
-    train_step = parallel.make_parallel_train_step(
-      fns.model,
-      fns.tx,
-      spec.task_type,
-      mesh,
-      FAST_COMPILE if config.fast_compile else None,
-    )
-    epoch_batches = parallel.make_train_batches(data, mesh, fixed)
-  else:
-    train_step = fns.train_step
-
-    def epoch_batches(epoch, seed, drop_last):
-      for batch in data.train_batches(epoch, seed, drop_last):
-        yield batch, blocks(batch), int(batch.graph_mask.sum())
-
+  params, opt_state = fns.init(
+    config.seed, first.graphs, values, data.blocks_of(first)
+  )
   state = {
     "params": params,
     "opt_state": opt_state,
@@ -636,87 +844,73 @@ def train_and_evaluate(
     done = int(state["epoch"])
     history = json.loads((workdir / "metrics.json").read_text())[:done]
     log(f"resuming {workdir} after epoch {done}")
-  # Committed to the device(s) whether fresh or restored, so that the jitted
-  # step sees the same input shardings in every run (no recompilation).
-  if mesh.size > 1:
-    state = parallel.replicate(state, mesh)
-  else:
-    state = jax.device_put(state, jax.devices()[0])
+  # Committed to the device(s) whether fresh or restored, so that the
+  # compiled step sees the same input shardings in every run.
+  state = engine.place(state)
   params, opt_state = state["params"], state["opt_state"]
+  predict = CompiledSteps(fns.predict, "evaluation", log)
+
+  def evaluate_part(weights, part):
+    return evaluate(
+      lambda p, graphs, blocks: predict.get(p, graphs, blocks=blocks)(
+        p, graphs
+      ),
+      weights,
+      data.eval_batches(part),
+      spec.task_type,
+      data.scaler,
+      data.blocks_of,
+    )
 
   num_params = model_lib.count_params(params)
   epoch = int(state["epoch"])
-  while epoch < config.epochs and epoch - int(state["best_epoch"]) < (
-    config.patience
-  ):
-    epoch += 1
-    losses, graphs, train_time = [], 0, 0.0
-    bar = tqdm.tqdm(
-      total=steps_per_epoch,
-      desc=f"epoch {epoch}",
-      disable=not progress,
-      leave=False,
-    )
-    for batch, max_atoms, count in epoch_batches(
-      epoch - 1, config.seed, config.drop_last
+  try:
+    while epoch < config.epochs and epoch - int(state["best_epoch"]) < (
+      config.patience
     ):
-      tic = time.perf_counter()
-      params, opt_state, loss = train_step(params, opt_state, batch, max_atoms)
-      losses.append(float(loss))
-      train_time += time.perf_counter() - tic
-      graphs += count
-      bar.update()
-      bar.set_postfix(
-        loss=f"{losses[-1]:.4f}", graphs_s=f"{graphs / train_time:.0f}"
+      epoch += 1
+      params, opt_state, totals, graphs, train_time = _train_epoch(
+        engine, params, opt_state, values, epoch, config, progress
       )
-    bar.close()
-    clean = fns.eval_params(opt_state, params)
-    valid = evaluate(
-      fns.predict,
-      clean,
-      data.eval_batches("valid"),
-      spec.task_type,
-      data.scaler,
-      blocks,
-    )
-    if math.isnan(float(state["best_metric"])) or better(
-      valid[metric], float(state["best_metric"])
-    ):
-      state["best_metric"] = np.asarray(valid[metric], np.float64)
-      state["best_epoch"] = np.asarray(epoch, np.int32)
-      state["best_params"] = clean
-    row = {
-      "epoch": epoch,
-      "train_loss": float(np.mean(losses)),
-      "valid_loss": valid["loss"],
-      f"valid_{metric}": valid[metric],
-      "best_epoch": int(state["best_epoch"]),
-      f"best_valid_{metric}": float(state["best_metric"]),
-      "train_seconds": train_time,
-      "graphs_per_s": graphs / train_time,
-    }
-    history.append(row)
-    state.update(
-      params=params, opt_state=opt_state, epoch=np.asarray(epoch, np.int32)
-    )
-    checkpoints.save(epoch, state)
-    _write_history(workdir, history)
-    log(
-      f"epoch {epoch}: train loss {row['train_loss']:.4f}, valid {metric} "
-      f"{valid[metric]:.4f} (best {float(state['best_metric']):.4f} at "
-      f"{int(state['best_epoch'])}), {row['graphs_per_s']:.0f} graphs/s"
-    )
-    if on_epoch_end is not None:
-      on_epoch_end(epoch)
+      if totals.first_nonfinite >= 0:
+        raise NonFiniteLossError(
+          epoch, int(totals.first_nonfinite) + 1, float(totals.nonfinite_loss)
+        )
+      clean = fns.eval_params(opt_state, params)
+      valid = evaluate_part(clean, "valid")
+      if math.isnan(float(state["best_metric"])) or better(
+        valid[metric], float(state["best_metric"])
+      ):
+        state["best_metric"] = np.asarray(valid[metric], np.float64)
+        state["best_epoch"] = np.asarray(epoch, np.int32)
+        state["best_params"] = clean
+      row = {
+        "epoch": epoch,
+        "train_loss": float(totals.loss_sum / max(int(totals.steps), 1)),
+        "valid_loss": valid["loss"],
+        f"valid_{metric}": valid[metric],
+        "best_epoch": int(state["best_epoch"]),
+        f"best_valid_{metric}": float(state["best_metric"]),
+        "train_seconds": train_time,
+        "graphs_per_s": graphs / train_time,
+      }
+      history.append(row)
+      state.update(
+        params=params, opt_state=opt_state, epoch=np.asarray(epoch, np.int32)
+      )
+      checkpoints.save(epoch, state)
+      _write_history(workdir, history)
+      log(
+        f"epoch {epoch}: train loss {row['train_loss']:.4f}, valid {metric} "
+        f"{valid[metric]:.4f} (best {float(state['best_metric']):.4f} at "
+        f"{int(state['best_epoch'])}), {row['graphs_per_s']:.0f} graphs/s"
+      )
+      if on_epoch_end is not None:
+        on_epoch_end(epoch)
+  finally:
+    checkpoints.close()
 
-  test = evaluate(
-    fns.predict,
-    state["best_params"],
-    data.eval_batches("test"),
-    spec.task_type,
-    data.scaler,
-    blocks,
-  )
+  test = evaluate_part(state["best_params"], "test")
   rates = [row["graphs_per_s"] for row in history]
   summary = {
     "dataset": spec.name,
@@ -730,6 +924,8 @@ def train_and_evaluate(
     "wall_seconds": time.perf_counter() - start,
     # The median epoch: compilation makes the first ones slower.
     "graphs_per_s": float(np.median(rates)) if rates else math.nan,
+    "compiled_train_steps": engine.step.count,
+    "compile_seconds": engine.step.seconds + predict.seconds,
     "num_params": num_params,
     "seed": config.seed,
     "workdir": str(workdir),

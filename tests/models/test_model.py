@@ -21,7 +21,7 @@ def make_model(**kw):
     "d_model": 8,
     "num_heads": 2,
     "num_layers": 1,
-    "max_atoms": 16,
+    "blocks": (4, 16),
     **kw,
   }
   return model_lib.CoMPT(
@@ -231,9 +231,34 @@ def test_dense_and_sparse_layouts_agree():
 
 
 def test_molecule_larger_than_the_block_gives_nan():
-  batch = batch_of(molecules(7, [20]))  # GRU_MODEL.max_atoms is 16
+  batch = batch_of(molecules(7, [20]))  # GRU_MODEL's blocks hold 16 atoms
   out = apply(GRU_MODEL, init(GRU_MODEL, batch), batch)
   assert np.all(np.isnan(out))
+
+
+def test_more_blocks_than_the_layout_has_give_nan():
+  # Next fit: 9 | 13 | 7 + 1 fill three blocks of 16; two are too few.
+  batch = batch_of(MOLS)
+  params = init(GRU_MODEL, batch)
+  assert np.all(np.isfinite(apply(GRU_MODEL, params, batch)))
+  assert np.all(np.isnan(apply(GRU_MODEL.clone(blocks=(2, 16)), params, batch)))
+
+
+def test_packing_in_blocks_changes_no_prediction():
+  # One block per molecule, the default layout and tight packing agree.
+  batch = batch_of(MOLS)
+  params = init(GRU_MODEL, batch)
+  want = apply(GRU_MODEL.clone(blocks=(5, 16)), params, batch)
+  for blocks in ((3, 16), (2, 24), (1, 30), None):
+    got = apply(GRU_MODEL.clone(blocks=blocks), params, batch)
+    np.testing.assert_allclose(got[:4], want[:4], rtol=1e-5, atol=1e-6)
+
+
+def test_pack_blocks_is_next_fit():
+  n = jnp.array([9, 13, 7, 1, 0, 16, 3], jnp.int32)
+  block, start = jax.jit(model_lib.pack_blocks, static_argnums=1)(n, 16)
+  assert block.tolist() == [0, 1, 2, 2, 2, 3, 4]
+  assert start.tolist() == [0, 0, 0, 7, 8, 0, 0]
 
 
 def test_gradients_finite_and_padding_gets_none():
@@ -256,39 +281,74 @@ def test_gradients_finite_and_padding_gets_none():
 
 
 def test_gru_vjp_equals_autodiff():
-  # Three molecules of 5, 3 and 1 atoms (plus jraph's padding graph) in
-  # blocks of 7: slots beyond a molecule's length hold no atom, and nothing
-  # downstream reads them (the readout gathers atom slots only).
+  # Three molecules of 5, 3 and 1 atoms plus jraph's padding graph (whose
+  # lanes run no step): the hand-written backward pass against autodiff of
+  # an unrolled transcription that runs each molecule's atoms in order.
   batch = batch_of(molecules(9, [5, 3, 1]), budget=(16, 64, 4))
-  topo = model_lib.Topology(jax.tree.map(jnp.asarray, batch.graphs), 7)
-  slots = model_lib.gru_slots(topo)
-  t, g, d, steps = 7, 4, 4, 5
+  topo = model_lib.Topology(jax.tree.map(jnp.asarray, batch.graphs), None)
+  lanes = model_lib.GRULanes(
+    topo.offsets, topo.n_node, topo.node_graph, topo.node_pos
+  )
+  n, g, d = 16, 4, 4
+  sizes = [5, 3, 1]
   rng = np.random.default_rng(0)
-  xs = rng.normal(size=(t, 2, g, 3 * d)).astype(np.float32)
+  x = rng.normal(size=(n, 2, 3 * d)).astype(np.float32)
   h0 = rng.normal(size=(2, g, d)).astype(np.float32)
   w = rng.normal(size=(2, d, 3 * d)).astype(np.float32) * 0.5
   b = rng.normal(size=(2, 3 * d)).astype(np.float32)
-  weights = rng.normal(size=(t, 2, g, d)).astype(np.float32)
-  weights *= np.asarray(slots.valid).reshape(t, 2, g, 1)
+  weights = rng.normal(size=(n, 2, d)).astype(np.float32)
+
+  def reference(x, h0, w, b, lanes):
+    del lanes
+    out = jnp.zeros((n, 2, d))
+    first = 0
+    for graph, size in enumerate(sizes):
+      for k, order in ((0, range(size)), (1, reversed(range(size)))):
+        h = h0[k, graph]
+        for pos in order:
+          h = model_lib._gru_cell(
+            h[None, None],
+            x[first + pos, k][None, None],
+            w[k : k + 1],
+            b[k : k + 1],
+          )[0][0, 0]
+          out = out.at[first + pos, k].set(h)
+      first += size
+    return out
 
   def loss(gru, *args):
     return jnp.sum(gru(*args) * weights)
 
-  def reference(xs, h, w, b, steps, slots):
-    out = []
-    for t in range(len(xs)):  # unrolled; steps >= `steps` keep the state
-      if t < steps:
-        h = model_lib._gru_step(h, xs[t], w, b)[0]
-      out.append(h)
-    return jnp.stack(out)
-
-  args = (xs, h0, w, b, steps, slots)
-  got = jax.grad(functools.partial(loss, model_lib.gru), (0, 1, 2, 3))
-  want = jax.grad(functools.partial(loss, reference), (0, 1, 2, 3))
-  got = fast_jit(got, static_argnums=4)(*args)
-  for a, e in zip(got, fast_jit(want, static_argnums=4)(*args), strict=True):
+  args = (x, h0, w, b, lanes)
+  got = fast_jit(
+    jax.value_and_grad(functools.partial(loss, model_lib.gru), (0, 1, 2, 3))
+  )(*args)
+  want = fast_jit(
+    jax.value_and_grad(functools.partial(loss, reference), (0, 1, 2, 3))
+  )(*args)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  for a, e in zip(got[1], want[1], strict=True):
     np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(got[0][steps:], 0.0)
+  np.testing.assert_array_equal(got[1][0][sum(sizes) :], 0.0)  # padding atoms
+
+
+def test_gru_initialization_per_direction():
+  # PyTorch's xavier_uniform_ on a GRU's [3d, d] weight: bound
+  # sqrt(6 / (d + 3d)), each direction a matrix of its own.
+  d = 64
+  readout = model_lib.GRUReadout(d)
+  batch = batch_of(MOLS)
+  topo = model_lib.Topology(jax.tree.map(jnp.asarray, batch.graphs), None)
+  h = jnp.zeros((batch.graphs.nodes.shape[0], d))
+  params = readout.init(jax.random.key(0), h, topo)["params"]
+  bound = np.sqrt(6.0 / (4 * d))
+  for name in ("w_in", "w_h"):
+    w = np.asarray(params[name])
+    assert w.shape == (2, d, 3 * d)
+    assert np.abs(w).max() <= bound
+    for k in range(2):  # uniform on [-bound, bound]: std bound / sqrt(3)
+      assert abs(w[k].std() / (bound / np.sqrt(3)) - 1) < 0.02
+      assert np.abs(w[k]).max() > 0.99 * bound
 
 
 def test_move_rows_vjp_is_the_transposed_gather():
