@@ -21,7 +21,6 @@ Evaluation and checkpoints of the best model use
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import json
@@ -44,10 +43,41 @@ from sklearn import metrics as sk_metrics
 
 import graphsam_optax
 from graphsam_optax import _registry
+from models import datasets
 from models import featurization
 from models import input_pipeline
 from models import model as model_lib
+from models import run_dir
 from models.configs import default
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or infinite; the run stopped.
+
+  The checkpoint of the last finished epoch is kept (the failing epoch's is
+  never written).
+
+  Attributes:
+    epoch: the epoch (1-based).
+    step: the first step with a non-finite loss (1-based within the epoch).
+    loss: that loss.
+  """
+
+  def __init__(self, epoch: int, step: int, loss: float):
+    super().__init__(
+      f"the training loss is {loss} at epoch {epoch}, step {step}: the run "
+      f"stopped and keeps its last good checkpoint (epoch {epoch - 1}); "
+      "retry with a lower --rho or learning rate"
+    )
+    self.epoch, self.step, self.loss = epoch, step, loss
+
+
+def _check_losses(epoch: int, losses: Sequence[float]) -> None:
+  """Raises NonFiniteLossError at the epoch's first non-finite loss."""
+  for step, loss in enumerate(losses, 1):
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(epoch, step, loss)
+
 
 # Static per-molecule block sizes (see model.CoMPT.max_atoms): a batch uses
 # the smallest one that holds its largest molecule. Powers of two: a step
@@ -382,17 +412,28 @@ def evaluate(
 def prepare_data(
   config: default.Config, data_dir=None, cache_dir=None
 ) -> input_pipeline.PreparedData:
-  """Loads and splits ``config.dataset``; applies the subset options.
+  """Loads and splits ``config.dataset`` or ``config.data_file``; subsets.
 
-  ``max_molecule_atoms`` and ``max_molecules`` shrink the split (the scaler
-  is refitted on what remains); ``fixed_shapes`` replaces the padding
-  budgets by the single one that fits any batch of the kept molecules.
+  ``max_molecule_atoms`` and ``max_molecules`` shrink the split (the latter
+  samples each part with ``config.seed``; the scaler is refitted on what
+  remains); ``fixed_shapes`` replaces the padding budgets by the single one
+  that fits any batch of the kept molecules.
   """
+  dataset = config.dataset
+  if config.data_file is not None:
+    dataset = datasets.csv_spec(
+      config.data_file,
+      config.smiles_column,
+      config.target_columns or None,
+      config.task_type,
+    )
   data = input_pipeline.prepare_data(
-    config.dataset,
+    dataset,
     batch_size=config.batch_size,
     split=config.split,
+    sizes=config.split_sizes,
     seed=config.seed,
+    split_file=config.split_file,
     data_dir=data_dir,
     cache_dir=cache_dir,
     progress=False,
@@ -402,7 +443,13 @@ def prepare_data(
   if config.max_molecule_atoms is not None:
     parts = [p[n_atoms[p] <= config.max_molecule_atoms] for p in parts]
   if config.max_molecules is not None:
-    parts = [p[: config.max_molecules] for p in parts]
+    rng = np.random.default_rng(config.seed)
+    parts = [
+      np.sort(rng.choice(p, config.max_molecules, replace=False))
+      if len(p) > config.max_molecules
+      else p
+      for p in parts
+    ]
   split = type(data.split)(*parts)
   scaler = data.scaler
   if scaler is not None and split is not data.split:
@@ -497,19 +544,27 @@ class _Checkpoints:
   """The run's orbax checkpoints: the state after each finished epoch."""
 
   def __init__(self, directory: Path):
-    self.manager = ocp.CheckpointManager(
-      directory.absolute(),
-      options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, enable_async_checkpointing=False
-      ),
-    )
+    self.directory = directory
+    try:
+      self.manager = ocp.CheckpointManager(
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, enable_async_checkpointing=False
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 - orbax raises many types
+      raise run_dir.checkpoint_error(directory, e) from e
 
   def restore(self, target: dict) -> dict | None:
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    """The latest state, or None; raises CheckpointError if unreadable."""
+    try:
+      step = self.manager.latest_step()
+      if step is None:
+        return None
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # noqa: BLE001 - orbax and TensorStore errors
+      raise run_dir.checkpoint_error(self.directory, e) from e
 
   def save(self, epoch: int, state: dict) -> None:
     self.manager.save(epoch, args=ocp.args.StandardSave(state))
@@ -517,12 +572,11 @@ class _Checkpoints:
 
 
 def _write_history(workdir: Path, history: Sequence[dict]) -> None:
-  (workdir / "metrics.json").write_text(json.dumps(list(history), indent=1))
+  run_dir.write_text(
+    workdir / "metrics.json", json.dumps(list(history), indent=1)
+  )
   if history:
-    with open(workdir / "metrics.csv", "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=list(history[0]))
-      writer.writeheader()
-      writer.writerows(history)
+    run_dir.write_csv(workdir / "metrics.csv", history, list(history[0]))
 
 
 def _config_record(config: default.Config) -> dict:
@@ -570,17 +624,13 @@ def train_and_evaluate(
   """
   start = time.perf_counter()
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  record = _config_record(config)
-  config_file = workdir / "config.json"
-  if config_file.exists() and json.loads(config_file.read_text()) != record:
-    raise ValueError(
-      f"{workdir} holds a run with another configuration; use a new output "
-      "directory"
-    )
-  config_file.write_text(json.dumps(record, indent=1))
-
+  needs = _registry.optimizer_spec(registry_name(config.optimizer)).needs
+  record, notes = run_dir.check(
+    workdir, _config_record(config), fixed_epochs="total_steps" in needs
+  )
   data = prepare_data(config, data_dir, cache_dir)
+  for line in notes + run_dir.start(workdir, record, data):
+    log(line)
   spec = data.dataset.spec
   metric = spec.metric
   better = (
@@ -634,7 +684,7 @@ def train_and_evaluate(
   if restored is not None:
     state = restored
     done = int(state["epoch"])
-    history = json.loads((workdir / "metrics.json").read_text())[:done]
+    history = run_dir.read_history(workdir, done)
     log(f"resuming {workdir} after epoch {done}")
   # Committed to the device(s) whether fresh or restored, so that the jitted
   # step sees the same input shardings in every run (no recompilation).
@@ -670,6 +720,7 @@ def train_and_evaluate(
         loss=f"{losses[-1]:.4f}", graphs_s=f"{graphs / train_time:.0f}"
       )
     bar.close()
+    _check_losses(epoch, losses)
     clean = fns.eval_params(opt_state, params)
     valid = evaluate(
       fns.predict,
@@ -734,5 +785,8 @@ def train_and_evaluate(
     "seed": config.seed,
     "workdir": str(workdir),
   }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+  run_dir.save_model(
+    workdir, data, state["best_params"], int(state["best_epoch"])
+  )
+  run_dir.write_text(workdir / "summary.json", json.dumps(summary, indent=1))
   return summary
