@@ -449,15 +449,26 @@ class MissingColumnError(DataFileError):
 _MISSING = ("", "nan", "NaN", "NA")  # label cells that mean "no label"
 
 
-def _read_csv(
+def read_rows(
   path: str | os.PathLike,
   *,
   header: bool = True,
   names: Sequence[str] | None = None,
   skiprows: int = 0,
   nrows: int | None = None,
+  strip: bool = True,
 ):
-  """Every cell as stripped text, blank lines kept as rows of ""."""
+  """A CSV's data rows as text, indexed by their line in the file.
+
+  Every cell is a string (stripped when ``strip``; an empty cell is ""), so
+  nothing is lost or converted; blank lines are skipped. The index is the
+  row's line number (header = line 1; a row spanning several lines through
+  quoted line breaks shifts the later ones).
+
+  Raises:
+    DataFileError: the file is missing, unreadable, empty, not UTF-8 or not
+      a CSV (the message names it).
+  """
   import pandas as pd
 
   try:
@@ -483,7 +494,9 @@ def _read_csv(
     raise DataFileError(f"{path} is not a readable CSV: {e}".strip()) from None
   except OSError as e:
     raise DataFileError(f"cannot read {path}: {e.strerror or e}") from None
-  return table.apply(lambda column: column.str.strip())
+  table.index = np.arange(len(table)) + skiprows + int(header) + 1
+  stripped = table.apply(lambda column: column.str.strip())
+  return (stripped if strip else table)[(stripped != "").any(axis=1)]
 
 
 def read_table(dataset: str | DatasetSpec, path: str | os.PathLike):
@@ -491,8 +504,7 @@ def read_table(dataset: str | DatasetSpec, path: str | os.PathLike):
 
   Columns: ``smiles`` (stripped), the target columns (blank, ``nan``,
   ``NaN`` and ``NA`` cells become NaN; ``inf`` stays, for the loader to
-  report) and ``line``, the row's line in the file (header = line 1; rows
-  spanning several lines through quoted line breaks shift later rows).
+  report) and ``line``, the row's line in the file (see :func:`read_rows`).
   Blank lines are skipped; the index counts the other data rows from 0, as
   ``pandas.read_csv`` does. Every other column, leaky or not, is dropped.
 
@@ -505,7 +517,7 @@ def read_table(dataset: str | DatasetSpec, path: str | os.PathLike):
   import pandas as pd
 
   spec = get_spec(dataset)
-  raw = _read_csv(
+  raw = read_rows(
     path,
     header=spec.header,
     names=spec.column_names,
@@ -521,9 +533,6 @@ def read_table(dataset: str | DatasetSpec, path: str | os.PathLike):
         column,
         role,
       )
-  first_line = spec.skiprows + int(spec.header) + 1
-  line = pd.Series(np.arange(len(raw)) + first_line, index=raw.index)
-  raw = raw[(raw != "").any(axis=1)]
   if raw.empty:
     raise DataFileError(f"{path} has a header but no data rows")
   out = pd.DataFrame({"smiles": raw[spec.smiles_column]})
@@ -533,16 +542,15 @@ def read_table(dataset: str | DatasetSpec, path: str | os.PathLike):
     values = pd.to_numeric(text.where(~missing), errors="coerce")
     bad = values.isna() & ~missing
     if bad.any():
-      first = bad.idxmax()
+      line = bad.idxmax()
       more = int(bad.sum()) - 1
       raise DataFileError(
-        f"{path}, line {line[first]}, column {c!r}: {text[first]!r} is not "
-        "a number"
+        f"{path}, line {line}, column {c!r}: {text[line]!r} is not a number"
         + (f" (nor are {more} more cells)" if more else "")
         + "; leave a cell empty for a missing label"
       )
     out[c] = values.astype(np.float32)
-  out["line"] = line[raw.index]
+  out["line"] = raw.index
   return out.reset_index(drop=True)
 
 
@@ -596,7 +604,7 @@ def csv_spec(
     )
   if task_type is not None and task_type not in TASK_TYPES:
     raise ValueError(f"task_type must be one of {TASK_TYPES}: {task_type!r}")
-  columns = list(_read_csv(path, nrows=0).columns)
+  columns = list(read_rows(path, nrows=0).columns)
   if target_columns is None:
     target_columns = [c for c in columns if c != smiles_column]
     if not target_columns:

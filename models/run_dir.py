@@ -178,7 +178,8 @@ def check(
       "or more to resume it, or choose another output directory"
     )
   notes = [
-    f"{workdir}: {key} {old} -> {new}" for key, (old, new) in changed.items()
+    f"continuing {workdir} with {key} {old} -> {new}"
+    for key, (old, new) in changed.items()
   ]
   if history and (workdir / SUMMARY).exists():
     last = history[-1]
@@ -261,7 +262,7 @@ def start(workdir: Path, record: dict, data) -> list[str]:
       "directory"
     ) from e
   if dataset.dropped and not resumed:
-    return [f"the {len(dataset.dropped)} dropped rows: {workdir / DROPPED}"]
+    return [f"the dropped rows are listed in {workdir / DROPPED}"]
   return []
 
 

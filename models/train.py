@@ -64,19 +64,26 @@ class NonFiniteLossError(RuntimeError):
   """
 
   def __init__(self, epoch: int, step: int, loss: float):
+    kept = f"epoch {epoch - 1}" if epoch > 1 else "none: no epoch finished"
     super().__init__(
       f"the training loss is {loss} at epoch {epoch}, step {step}: the run "
-      f"stopped and keeps its last good checkpoint (epoch {epoch - 1}); "
-      "retry with a lower --rho or learning rate"
+      f"stopped and keeps its last good checkpoint ({kept}); retry with a "
+      "lower --rho or learning rate, in a new output directory"
     )
     self.epoch, self.step, self.loss = epoch, step, loss
 
 
-def _check_losses(epoch: int, losses: Sequence[float]) -> None:
-  """Raises NonFiniteLossError at the epoch's first non-finite loss."""
+def _check_losses(epoch: int, losses: Sequence[float], params) -> None:
+  """Raises NonFiniteLossError at the epoch's first non-finite loss.
+
+  Also when the weights ``params`` are not finite: masked_loss's RMSE turns
+  NaN logits into a loss of 0, so the epoch's last step is then named.
+  """
   for step, loss in enumerate(losses, 1):
     if not math.isfinite(loss):
       raise NonFiniteLossError(epoch, step, loss)
+  if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params)):
+    raise NonFiniteLossError(epoch, len(losses), math.nan)
 
 
 # Static per-molecule block sizes (see model.CoMPT.max_atoms): a batch uses
@@ -720,8 +727,8 @@ def train_and_evaluate(
         loss=f"{losses[-1]:.4f}", graphs_s=f"{graphs / train_time:.0f}"
       )
     bar.close()
-    _check_losses(epoch, losses)
     clean = fns.eval_params(opt_state, params)
+    _check_losses(epoch, losses, clean)
     valid = evaluate(
       fns.predict,
       clean,
