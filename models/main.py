@@ -251,7 +251,8 @@ def parse_config(
   if args.data is not None:
     config = _csv_config(parser, args, config)
   elif args.target_columns or args.task:
-    parser.error("arguments --target-columns, --task: need --data")
+    flag = "--target-columns" if args.target_columns else "--task"
+    parser.error(f"argument {flag}: only with --data (your own CSV)")
   if args.split_sizes is not None:
     if args.split_file is not None:
       parser.error("argument --split-sizes: not allowed with --split-file")
