@@ -12,11 +12,22 @@ and is otherwise downloaded from its canonical URL into that cache (gzip
 handled), after its SHA-256 is checked. ``nci5k-tpsa`` needs no file: it is
 read from the data directory of the installed RDKit.
 
+Your own CSV is a spec too: :func:`csv_spec` names its SMILES and target
+columns (and infers the task from the labels when not given); it is read
+where it is, never searched for, downloaded or checked against a checksum.
+
 :func:`load_dataset` reads a CSV with pandas (CRLF, blank lines and padded
 SMILES handled), keeps only the SMILES and target columns (columns that leak
-the label, such as HIV's ``activity``, are never used), reports the SMILES that
-RDKit cannot parse and featurizes the rest, through an on-disk cache keyed by
-the file's checksum and the featurizer version.
+the label, such as HIV's ``activity``, are never used), drops and reports the
+rows whose SMILES RDKit cannot parse or whose label is infinite (by file line,
+header = line 1), reports duplicate SMILES (kept), and featurizes the rest,
+through an on-disk cache keyed by the file's checksum and the featurizer
+version. Every failure to read a file (missing, empty, header only, not UTF-8,
+a label that is not a number) raises :class:`DataFileError` naming the file,
+and the line and column where one is at fault.
+
+Only numpy is imported with this module (pandas and RDKit when loading), so
+that a command line can list the registry quickly.
 """
 
 from __future__ import annotations
@@ -32,12 +43,14 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from models import featurization
+if TYPE_CHECKING:
+  from models import featurization
 
 DATA_DIR_ENV = "GRAPHSAM_DATA_DIR"
 _BUCKET = "https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/"
@@ -64,6 +77,8 @@ class DatasetSpec:
     column_names: column names of a headerless CSV.
     skiprows: lines to skip before the header or data (comments).
     builtin: read from RDKit's installed data directory, never downloaded.
+    path: a user's CSV (:func:`csv_spec`), read from this path: never
+      searched for, downloaded or checked against a checksum.
   """
 
   name: str
@@ -79,6 +94,7 @@ class DatasetSpec:
   column_names: tuple[str, ...] | None = None
   skiprows: int = 0
   builtin: bool = False
+  path: str | None = None
 
   @property
   def num_tasks(self) -> int:
@@ -329,6 +345,10 @@ def resolve_csv(
     ChecksumError: a found or downloaded file has the wrong SHA-256.
   """
   spec = get_spec(dataset)
+  if spec.path is not None:
+    if not Path(spec.path).is_file():
+      raise DatasetNotFoundError(f"{spec.path}: no such file")
+    return Path(spec.path)
   if spec.builtin:
     path = _rdkit_data_dir() / spec.filename
     if not path.exists():
@@ -404,38 +424,252 @@ def _download(spec: DatasetSpec, target: Path, timeout: float) -> None:
     tmp.with_suffix(".raw").unlink(missing_ok=True)
 
 
-def read_table(
-  dataset: str | DatasetSpec, path: str | os.PathLike
-) -> pd.DataFrame:
-  """The dataset's CSV as a DataFrame: SMILES (stripped) and float targets.
+class DataFileError(ValueError):
+  """A CSV cannot be read as SMILES and labels.
 
-  Only the SMILES column and the target columns are returned; blank label
-  cells become NaN. Every other column, leaky or not, is dropped here.
+  The message names the file, and the line (header = line 1) and column
+  where one is at fault.
   """
+
+
+class MissingColumnError(DataFileError):
+  """A column named for the SMILES or a target is not in the file.
+
+  Attributes:
+    column: the missing column.
+    role: ``"smiles"`` or ``"target"``.
+  """
+
+  def __init__(self, message: str, column: str, role: str):
+    super().__init__(message)
+    self.column = column
+    self.role = role
+
+
+_MISSING = ("", "nan", "NaN", "NA")  # label cells that mean "no label"
+
+
+def read_rows(
+  path: str | os.PathLike,
+  *,
+  header: bool = True,
+  names: Sequence[str] | None = None,
+  skiprows: int = 0,
+  nrows: int | None = None,
+  strip: bool = True,
+):
+  """A CSV's data rows as text, indexed by their line in the file.
+
+  Every cell is a string (stripped when ``strip``; an empty cell is ""), so
+  nothing is lost or converted; blank lines are skipped. The index is the
+  row's line number (header = line 1; a row spanning several lines through
+  quoted line breaks shifts the later ones).
+
+  Raises:
+    DataFileError: the file is missing, unreadable, empty, not UTF-8 or not
+      a CSV (the message names it).
+  """
+  import pandas as pd
+
+  try:
+    table = pd.read_csv(
+      path,
+      header=0 if header else None,
+      names=list(names) if names else None,
+      skiprows=skiprows,
+      nrows=nrows,
+      dtype=str,
+      keep_default_na=False,
+      skip_blank_lines=False,
+      encoding="utf-8",
+    )
+  except UnicodeDecodeError as e:
+    raise DataFileError(
+      f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+      f'{e.start}); save it as UTF-8 (a spreadsheet\'s "CSV UTF-8")'
+    ) from None
+  except pd.errors.EmptyDataError:
+    raise DataFileError(f"{path} is empty") from None
+  except pd.errors.ParserError as e:
+    raise DataFileError(f"{path} is not a readable CSV: {e}".strip()) from None
+  except OSError as e:
+    raise DataFileError(f"cannot read {path}: {e.strerror or e}") from None
+  table.index = np.arange(len(table)) + skiprows + int(header) + 1
+  stripped = table.apply(lambda column: column.str.strip())
+  return (stripped if strip else table)[(stripped != "").any(axis=1)]
+
+
+def read_table(dataset: str | DatasetSpec, path: str | os.PathLike):
+  """The dataset's CSV as a DataFrame: SMILES, float32 targets, file lines.
+
+  Columns: ``smiles`` (stripped), the target columns (blank, ``nan``,
+  ``NaN`` and ``NA`` cells become NaN; ``inf`` stays, for the loader to
+  report) and ``line``, the row's line in the file (see :func:`read_rows`).
+  Blank lines are skipped; the index counts the other data rows from 0, as
+  ``pandas.read_csv`` does. Every other column, leaky or not, is dropped.
+
+  Raises:
+    DataFileError: the file is missing, empty, not UTF-8, has a header but
+      no data row, or a label that is not a number (file, line and column
+      named).
+    MissingColumnError: the SMILES or a target column is absent.
+  """
+  import pandas as pd
+
   spec = get_spec(dataset)
-  na = {c: ["", "nan", "NaN", "NA"] for c in spec.target_columns}
-  table = pd.read_csv(
+  raw = read_rows(
     path,
-    header=0 if spec.header else None,
-    names=list(spec.column_names) if spec.column_names else None,
+    header=spec.header,
+    names=spec.column_names,
     skiprows=spec.skiprows,
-    dtype={spec.smiles_column: str},
-    keep_default_na=False,
-    na_values=na,
   )
-  missing = [
-    c for c in (spec.smiles_column, *spec.target_columns) if c not in table
-  ]
-  if missing:
-    raise ValueError(f"{path} lacks the columns {missing} of {spec.name}")
-  out = pd.DataFrame({"smiles": table[spec.smiles_column].str.strip()})
+  for column, role in [(spec.smiles_column, "smiles")] + [
+    (c, "target") for c in spec.target_columns
+  ]:
+    if column not in raw:
+      raise MissingColumnError(
+        f"{path} has no column {column!r} (its columns: "
+        f"{', '.join(map(repr, raw.columns))})",
+        column,
+        role,
+      )
+  if raw.empty:
+    raise DataFileError(f"{path} has a header but no data rows")
+  out = pd.DataFrame({"smiles": raw[spec.smiles_column]})
   for c in spec.target_columns:
-    out[c] = pd.to_numeric(table[c]).astype(np.float32)
-  return out
+    text = raw[c]
+    missing = text.isin(_MISSING)
+    values = pd.to_numeric(text.where(~missing), errors="coerce")
+    bad = values.isna() & ~missing
+    if bad.any():
+      line = bad.idxmax()
+      more = int(bad.sum()) - 1
+      raise DataFileError(
+        f"{path}, line {line}, column {c!r}: {text[line]!r} is not a number"
+        + (f" (nor are {more} more cells)" if more else "")
+        + "; leave a cell empty for a missing label"
+      )
+    out[c] = values.astype(np.float32)
+  out["line"] = raw.index
+  return out.reset_index(drop=True)
+
+
+def infer_task_type(labels: np.ndarray) -> str:
+  """``"classification"`` if every present label is 0 or 1, else regression.
+
+  Examples:
+    >>> infer_task_type(np.array([[0.0, np.nan], [1.0, 1.0]]))
+    'classification'
+    >>> infer_task_type(np.array([[0.0], [2.5]]))
+    'regression'
+  """
+  present = labels[~np.isnan(labels)]
+  if np.isin(present, (0.0, 1.0)).all():
+    return "classification"
+  return "regression"
+
+
+TASK_TYPES = ("classification", "regression")
+
+
+def csv_spec(
+  path: str | os.PathLike,
+  smiles_column: str = "smiles",
+  target_columns: Sequence[str] | None = None,
+  task_type: str | None = None,
+) -> DatasetSpec:
+  """The DatasetSpec of your own CSV (a header row, one molecule per row).
+
+  Args:
+    path: the CSV; its stem names the dataset.
+    smiles_column: the column of SMILES.
+    target_columns: the label columns, in task order; None takes every
+      column but the SMILES.
+    task_type: ``"classification"`` (labels 0/1, metric ROC-AUC) or
+      ``"regression"`` (RMSE); None infers it with :func:`infer_task_type`.
+
+  Returns:
+    A spec whose ``path`` is the file's absolute path.
+
+  Raises:
+    DatasetNotFoundError: no such file.
+    MissingColumnError: a named column is absent.
+    DataFileError: the file cannot be read, or has no target column or no
+      label.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise DatasetNotFoundError(
+      f"{path}: " + ("a directory" if path.is_dir() else "no such file")
+    )
+  if task_type is not None and task_type not in TASK_TYPES:
+    raise ValueError(f"task_type must be one of {TASK_TYPES}: {task_type!r}")
+  columns = list(read_rows(path, nrows=0).columns)
+  if target_columns is None:
+    target_columns = [c for c in columns if c != smiles_column]
+    if not target_columns:
+      raise DataFileError(f"{path} has no column besides the SMILES to learn")
+  if smiles_column in target_columns:
+    raise DataFileError(f"{smiles_column!r} is both the SMILES and a target")
+  spec = DatasetSpec(
+    name=path.stem,
+    filename=path.name,
+    url=None,
+    sha256=None,
+    smiles_column=smiles_column,
+    target_columns=tuple(target_columns),
+    task_type=task_type or "regression",
+    metric="rmse",
+    path=str(path.absolute()),
+  )
+  if task_type is None:
+    labels = read_table(spec, path)[list(spec.target_columns)].to_numpy()
+    if np.isnan(labels).all():
+      raise DataFileError(f"{path}: the target columns hold no label")
+    task_type = infer_task_type(labels[np.isfinite(labels).all(1)])
+  metric = "roc_auc" if task_type == "classification" else "rmse"
+  return dataclasses.replace(spec, task_type=task_type, metric=metric)
 
 
 class InvalidSmilesWarning(UserWarning):
-  """Some rows of a dataset were dropped because RDKit cannot parse them."""
+  """Rows of a dataset were dropped: SMILES RDKit cannot parse, or labels
+  that are infinite."""
+
+
+class DuplicateSmilesWarning(UserWarning):
+  """A dataset lists the same SMILES more than once (all rows are kept)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DroppedRow:
+  """A CSV row that was not loaded.
+
+  Attributes:
+    row: 0-based data row (header and blank lines not counted).
+    line: its line in the file (header = line 1).
+    smiles: the SMILES cell.
+    reason: why (RDKit's parse error, or which label is infinite).
+  """
+
+  row: int
+  line: int
+  smiles: str
+  reason: str
+
+
+def _clip(text: str, width: int) -> str:
+  return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def describe_rows(items: Sequence[tuple[int, str, str]], limit: int = 3) -> str:
+  """Indented lines ``line N: 'SMILES' (why)`` for the first ``limit``."""
+  lines = [
+    f"  line {line}: {_clip(smiles, 48)!r} ({_clip(why, 80)})"
+    for line, smiles, why in items[:limit]
+  ]
+  if len(items) > limit:
+    lines.append(f"  ... and {len(items) - limit} more")
+  return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -447,7 +681,9 @@ class MoleculeDataset:
     smiles: SMILES of the kept molecules (stripped), in file order.
     labels: f32[M, T] targets, NaN where missing.
     row_index: i64[M] 0-based CSV data row of each kept molecule.
-    dropped: rows RDKit cannot parse (CSV row index, SMILES, reason).
+    lines: i64[M] the line of each kept molecule in the file (header =
+      line 1).
+    dropped: the rows not loaded (bad SMILES, infinite labels), in order.
     num_rows: data rows in the CSV.
     path: the CSV read.
     sha256: its SHA-256.
@@ -459,7 +695,8 @@ class MoleculeDataset:
   smiles: tuple[str, ...]
   labels: np.ndarray
   row_index: np.ndarray
-  dropped: tuple[featurization.DroppedMolecule, ...]
+  lines: np.ndarray
+  dropped: tuple[DroppedRow, ...]
   num_rows: int
   path: Path
   sha256: str
@@ -487,6 +724,27 @@ class MoleculeDataset:
       raise ValueError("dataset was loaded with featurize=False")
     return self.graphs.n_atoms
 
+  def duplicates(self) -> list[tuple[str, list[int]]]:
+    """Each SMILES kept more than once, with its file lines."""
+    lines: dict[str, list[int]] = {}
+    for smiles, line in zip(self.smiles, self.lines.tolist(), strict=True):
+      lines.setdefault(smiles, []).append(line)
+    return [(s, found) for s, found in lines.items() if len(found) > 1]
+
+
+def _check_labels(spec: DatasetSpec, path, labels, lines) -> None:
+  """Classification labels must be 0 or 1 (infinite ones are dropped)."""
+  if spec.task_type != "classification":
+    return
+  bad = np.isfinite(labels) & ~np.isin(labels, (0.0, 1.0))
+  if bad.any():
+    row, task = np.argwhere(bad)[0]
+    raise DataFileError(
+      f"{path}, line {lines[row]}, column {spec.target_columns[task]!r}: "
+      f"{labels[row, task]:g} is not 0 or 1, as a classification label "
+      "must be (a regression task?)"
+    )
+
 
 def load_dataset(
   dataset: str | DatasetSpec,
@@ -502,19 +760,22 @@ def load_dataset(
 ) -> MoleculeDataset:
   """Loads, checks and featurizes a dataset.
 
-  Rows whose SMILES RDKit cannot parse are dropped and reported: an
-  InvalidSmilesWarning names each (row index, SMILES, reason), and the
-  dataset's ``dropped`` field lists them. ``strict=True`` raises
-  ``featurization.InvalidSmilesError`` instead.
+  Rows whose SMILES RDKit cannot parse, or with an infinite label, are
+  dropped and reported: an InvalidSmilesWarning counts them and names the
+  first few (file line, SMILES, reason), and the dataset's ``dropped`` field
+  lists them all. ``strict=True`` raises ``featurization.InvalidSmilesError``
+  instead. SMILES that occur more than once are kept and reported by a
+  DuplicateSmilesWarning (``MoleculeDataset.duplicates`` lists them).
 
   Args:
-    dataset: registry name or DatasetSpec.
+    dataset: registry name or DatasetSpec (see also :func:`csv_spec`).
     data_dir: directory holding the CSV (see ``resolve_csv``).
     cache_dir: cache root for downloads and featurized molecules (default
       ``default_cache_dir()``).
     download: allow downloading a missing file.
     verify: check the SHA-256 of local files.
-    strict: raise on unparseable SMILES instead of dropping them.
+    strict: raise on unparseable SMILES and infinite labels instead of
+      dropping them.
     featurize: featurize the molecules (False: only parse them, for counts).
     use_cache: read and write featurized molecules under
       ``cache_dir/features/``.
@@ -522,7 +783,13 @@ def load_dataset(
 
   Returns:
     A MoleculeDataset.
+
+  Raises:
+    DataFileError: the file cannot be read (see :func:`read_table`), or a
+      classification label is neither 0 nor 1.
   """
+  from models import featurization
+
   spec = get_spec(dataset)
   path = resolve_csv(
     spec, data_dir, cache_dir=cache_dir, download=download, verify=verify
@@ -531,44 +798,78 @@ def load_dataset(
   table = read_table(spec, path)
   smiles = table["smiles"].tolist()
   labels = table[list(spec.target_columns)].to_numpy(np.float32)
+  lines = table["line"].to_numpy(np.int64)
+  _check_labels(spec, path, labels, lines)
+  infinite = np.isinf(labels)
+  candidates = np.flatnonzero(~infinite.any(1))
+  dropped = [
+    (
+      int(i),
+      "label "
+      + ", ".join(
+        f"{spec.target_columns[t]!r} is {labels[i, t]:g}"
+        for t in np.flatnonzero(infinite[i])
+      ),
+    )
+    for i in np.flatnonzero(infinite.any(1))
+  ]
 
   graphs = None
+  subset = [smiles[i] for i in candidates]
   if featurize:
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     result = featurization.featurize_cached(
-      smiles,
+      subset,
       cache_root / "features" if use_cache else None,
       f"{spec.name}-{sha[:16]}",
-      strict=strict,
       progress=progress,
     )
-    graphs, kept, dropped = result.graphs, result.kept, result.dropped
+    graphs, kept, invalid = result.graphs, result.kept, result.dropped
   else:
-    dropped = featurization.find_invalid_smiles(smiles, progress=progress)
-    if strict and dropped:
-      raise featurization.InvalidSmilesError(
-        f"{spec.name}: {len(dropped)} of {len(smiles)} SMILES cannot be "
-        "parsed by RDKit: " + featurization.describe_dropped(dropped)
-      )
-    keep = np.ones(len(smiles), bool)
-    keep[[d.index for d in dropped]] = False
+    invalid = featurization.find_invalid_smiles(subset, progress=progress)
+    keep = np.ones(len(subset), bool)
+    keep[[d.index for d in invalid]] = False
     kept = np.flatnonzero(keep)
-
+  kept = candidates[np.asarray(kept, np.int64)]
+  dropped += [(int(candidates[d.index]), d.reason) for d in invalid]
+  dropped = tuple(
+    DroppedRow(row, int(lines[row]), smiles[row], reason)
+    for row, reason in sorted(dropped)
+  )
   if dropped:
-    warnings.warn(
-      f"{spec.name}: dropped {len(dropped)} of {len(smiles)} rows that RDKit "
-      "cannot parse: " + featurization.describe_dropped(dropped),
-      InvalidSmilesWarning,
-      stacklevel=2,
+    message = (
+      f"{spec.name}: dropped {len(dropped)} of {len(smiles)} rows (SMILES "
+      "that RDKit cannot parse, infinite labels):\n"
+      + describe_rows([(d.line, d.smiles, d.reason) for d in dropped])
     )
-  return MoleculeDataset(
+    if strict:
+      raise featurization.InvalidSmilesError(f"{path}: {message}")
+    warnings.warn(message, InvalidSmilesWarning, stacklevel=2)
+  out = MoleculeDataset(
     spec=spec,
     smiles=tuple(smiles[i] for i in kept),
     labels=labels[kept],
-    row_index=np.asarray(kept, np.int64),
-    dropped=tuple(dropped),
+    row_index=kept,
+    lines=lines[kept],
+    dropped=dropped,
     num_rows=len(smiles),
     path=Path(path),
     sha256=sha,
     graphs=graphs,
   )
+  duplicates = out.duplicates()
+  if duplicates:
+    warnings.warn(
+      f"{spec.name}: {len(duplicates)} SMILES occur more than once "
+      f"({sum(len(lines) for _, lines in duplicates)} rows); all are kept, "
+      "and a split keeps each one's rows on one side:\n"
+      + describe_rows(
+        [
+          (lines[0], s, "also on line " + ", ".join(map(str, lines[1:])))
+          for s, lines in duplicates
+        ]
+      ),
+      DuplicateSmilesWarning,
+      stacklevel=2,
+    )
+  return out

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import warnings
 from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -525,6 +527,7 @@ def prepare_data(
   split: str = "random",
   sizes: Sequence[float] = (0.8, 0.1, 0.1),
   seed: int = 0,
+  split_file: str | os.PathLike | None = None,
   standardize: bool | None = None,
   **load_kwargs,
 ) -> PreparedData:
@@ -536,6 +539,10 @@ def prepare_data(
     split: one of ``splits.SPLIT_METHODS``.
     sizes: train, validation and test fractions.
     seed: split seed.
+    split_file: a fixed split (``splits.read_split_file``), used instead of
+      ``split``, ``sizes`` and ``seed``; listed rows that were dropped at
+      loading, and loaded molecules it does not list, are left out with a
+      warning.
     standardize: standardize targets with training mean/std; None does so
       for regression datasets only.
     **load_kwargs: passed to ``datasets.load_dataset``.
@@ -545,7 +552,18 @@ def prepare_data(
   """
   if not isinstance(dataset, datasets.MoleculeDataset):
     dataset = datasets.load_dataset(dataset, **load_kwargs)
-  part = splits.split_dataset(dataset.smiles, split, sizes, seed)
+  if split_file is None:
+    part = splits.split_dataset(dataset.smiles, split, sizes, seed)
+  else:
+    part, skipped, unused = splits.read_split_file(
+      split_file, dataset.row_index, dataset.num_rows
+    )
+    if skipped or unused:
+      warnings.warn(
+        f"{split_file}: {skipped} listed rows were dropped at loading and "
+        f"{unused} loaded molecules are in no part; both are left out",
+        stacklevel=2,
+      )
   if standardize is None:
     standardize = dataset.task_type == "regression"
   scaler = TargetScaler.fit(dataset.labels[part.train]) if standardize else None

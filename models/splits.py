@@ -15,20 +15,26 @@ Sizes follow the GraphSAM code: ``floor(f_valid * n)`` validation and
 in order: a scaffold set goes to train if it fits there, else to validation
 if it fits there, else to test. Every function returns sorted, disjoint index
 arrays that together cover ``range(n)``.
+
+Molecules with identical SMILES strings always land on the same side: the
+scaffold splits do so by construction, :func:`split_dataset`'s random split
+moves each group of duplicates as one (a list without duplicates splits as
+before). A fixed split can be given as a JSON file of CSV data rows
+(:func:`read_split_file`); :func:`split_rows` writes one.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+from collections.abc import Mapping
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from rdkit import rdBase
-from rdkit.Chem.Scaffolds import MurckoScaffold
-
-from models import featurization
 
 
 class Split(NamedTuple):
@@ -60,11 +66,51 @@ def _as_split(parts) -> Split:
 
 
 def random_split(
-  n: int, sizes: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+  n: int,
+  sizes: Sequence[float] = (0.8, 0.1, 0.1),
+  seed: int = 0,
+  groups: Sequence[int] | None = None,
 ) -> Split:
-  """Seeded random split of ``range(n)``."""
+  """Seeded random split of ``range(n)``.
+
+  Args:
+    n: number of molecules.
+    sizes: train, validation and test fractions.
+    seed: seed of the permutation.
+    groups: a group id per molecule (e.g. equal for duplicate SMILES): the
+      groups are taken in the order of their first member in the seeded
+      permutation and cut into parts whole, so a part's size is off by less
+      than the largest group. None (or all ids distinct) gives the plain
+      permuted split.
+
+  Examples:
+    >>> split = random_split(6, (0.5, 0.25, 0.25), groups=[0, 1, 0, 2, 3, 4])
+    >>> len({side for side, part in enumerate(split) if {0, 2} & set(part)})
+    1
+  """
   n_train, n_valid, _ = split_sizes(n, sizes)
   perm = np.random.default_rng(seed).permutation(n)
+  if groups is not None:
+    # Groups in the order of their first member in the permutation, each
+    # one's members together; a group goes where its first member falls.
+    _, first, inverse, counts = np.unique(
+      np.asarray(groups)[perm],
+      return_index=True,
+      return_inverse=True,
+      return_counts=True,
+    )
+    order = np.argsort(first)
+    start = np.empty(len(first), np.int64)
+    start[order] = np.cumsum(counts[order]) - counts[order]
+    position = np.empty(n, np.int64)
+    position[perm] = start[inverse]
+    return _as_split(
+      (
+        np.flatnonzero(position < n_train),
+        np.flatnonzero((position >= n_train) & (position < n_train + n_valid)),
+        np.flatnonzero(position >= n_train + n_valid),
+      )
+    )
   return _as_split(
     (
       perm[:n_train],
@@ -74,8 +120,18 @@ def random_split(
   )
 
 
+def duplicate_groups(smiles: Sequence[str]) -> np.ndarray:
+  """i64 group id per molecule: equal for identical SMILES strings."""
+  return np.unique(np.asarray(smiles, dtype=object), return_inverse=True)[1]
+
+
 def murcko_scaffold(smiles: str, include_chirality: bool = False) -> str:
   """Bemis-Murcko scaffold SMILES ("" for acyclic molecules)."""
+  from rdkit import rdBase
+  from rdkit.Chem.Scaffolds import MurckoScaffold
+
+  from models import featurization
+
   mol, reason = featurization.parse_smiles(smiles)
   if mol is None:
     raise ValueError(f"cannot compute the scaffold of {smiles!r}: {reason}")
@@ -145,11 +201,109 @@ def split_dataset(
   sizes: Sequence[float] = (0.8, 0.1, 0.1),
   seed: int = 0,
 ) -> Split:
-  """Dispatches on ``method``, one of SPLIT_METHODS."""
+  """Dispatches on ``method``, one of SPLIT_METHODS.
+
+  Identical SMILES strings stay together (see the module docstring).
+  """
   if method == "random":
-    return random_split(len(smiles), sizes, seed)
+    return random_split(len(smiles), sizes, seed, duplicate_groups(smiles))
   if method == "scaffold":
     return scaffold_split(smiles, sizes, seed=seed)
   if method == "scaffold_balanced":
     return scaffold_split(smiles, sizes, balanced=True, seed=seed)
   raise ValueError(f"unknown split method {method!r}; one of {SPLIT_METHODS}")
+
+
+class SplitFileError(ValueError):
+  """A split file is unreadable or inconsistent with its dataset."""
+
+
+_PART_KEYS = {
+  "train": "train",
+  "valid": "valid",
+  "val": "valid",
+  "test": "test",
+}
+
+
+def read_split_file(
+  path: str | os.PathLike, rows: np.ndarray, num_rows: int
+) -> tuple[Split, int, int]:
+  """A fixed split from a JSON file of CSV data rows.
+
+  The file is ``{"train": [...], "valid": [...], "test": [...]}`` (``"val"``
+  is accepted for ``"valid"``): 0-based data rows of the CSV, the header and
+  blank lines not counted, as ``pandas.read_csv`` numbers them and as
+  :func:`split_rows` writes them.
+
+  Args:
+    path: the JSON file.
+    rows: i64[M] the data row of each loaded molecule
+      (``MoleculeDataset.row_index``).
+    num_rows: data rows in the CSV.
+
+  Returns:
+    The Split in molecule indices, the number of listed rows that were
+    dropped at loading (skipped), and the number of loaded molecules the
+    file leaves out (unused).
+
+  Raises:
+    SplitFileError: unreadable JSON, a missing or unknown part, a row that
+      is not an integer in ``[0, num_rows)``, a row in two parts, or an
+      empty part; the message names the file and the part.
+  """
+  try:
+    spec = json.loads(Path(path).read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise SplitFileError(f"cannot read the split file {path}: {e}") from None
+  if not isinstance(spec, Mapping):
+    raise SplitFileError(
+      f"{path}: expected an object with train, valid and test row lists"
+    )
+  parts: dict[str, list[int]] = {}
+  for key, value in spec.items():
+    if key not in _PART_KEYS or _PART_KEYS[key] in parts:
+      raise SplitFileError(
+        f"{path}: unexpected key {key!r}; the keys are train, valid (or "
+        "val) and test"
+      )
+    bad = [
+      v
+      for v in (value if isinstance(value, list) else [value])
+      if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < num_rows
+    ]
+    if not isinstance(value, list) or bad:
+      raise SplitFileError(
+        f"{path}: {key!r} must list data rows, integers in [0, {num_rows}) "
+        f"(0-based, header not counted); got {bad[0] if bad else value!r}"
+      )
+    parts[_PART_KEYS[key]] = value
+  for name in ("train", "valid", "test"):
+    if name not in parts:
+      raise SplitFileError(f"{path}: no {name!r} list")
+  seen: dict[int, str] = {}
+  for name, listed in parts.items():
+    for row in listed:
+      if row in seen:
+        raise SplitFileError(
+          f"{path}: data row {row} is in {seen[row]!r} and {name!r}"
+        )
+      seen[row] = name
+  position = {int(r): i for i, r in enumerate(rows)}
+  out = []
+  for name in ("train", "valid", "test"):
+    kept = [position[r] for r in parts[name] if r in position]
+    if not kept:
+      raise SplitFileError(f"{path}: no loadable molecule in {name!r}")
+    out.append(kept)
+  skipped = sum(r not in position for r in seen)
+  unused = len(rows) - sum(map(len, out))
+  return _as_split(out), skipped, unused
+
+
+def split_rows(split: Split, rows: np.ndarray) -> dict[str, list[int]]:
+  """The split as CSV data rows, the format of :func:`read_split_file`."""
+  return {
+    name: [int(r) for r in np.asarray(rows)[part]]
+    for name, part in zip(("train", "valid", "test"), split, strict=True)
+  }

@@ -32,7 +32,6 @@ batch on the host overlaps the step.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import json
@@ -57,10 +56,12 @@ import tqdm
 from sklearn import metrics as sk_metrics
 
 import graphsam_optax
+from models import datasets
 from models import featurization
 from models import input_pipeline
 from models import model as model_lib
 from models import parallel
+from models import run_dir
 from models.configs import default
 
 OPTIMIZERS = ("adam",) + tuple(
@@ -84,19 +85,23 @@ SCHEDULE_FIELDS = (
 class NonFiniteLossError(RuntimeError):
   """The training loss became NaN or infinite; the run stopped.
 
+  The checkpoint of the last finished epoch is kept (the failing epoch's is
+  never written).
+
   Attributes:
-    epoch: the epoch (1-based) of the first non-finite loss.
-    step: its step within the epoch (1-based).
-    loss: the loss value (NaN or inf).
+    epoch: the epoch (1-based).
+    step: the first step with a non-finite loss (1-based within the epoch).
+    loss: that loss.
   """
 
   def __init__(self, epoch: int, step: int, loss: float):
-    self.epoch, self.step, self.loss = epoch, step, loss
+    kept = f"epoch {epoch - 1}" if epoch > 1 else "none: no epoch finished"
     super().__init__(
-      f"the training loss became {loss} at epoch {epoch}, step {step}; the "
-      f"last good checkpoint (epoch {epoch - 1}) is kept. Try a smaller rho "
-      "or learning rate."
+      f"the training loss is {loss} at epoch {epoch}, step {step}: the run "
+      f"stopped and keeps its last good checkpoint ({kept}); retry with a "
+      "lower --rho or learning rate, in a new output directory"
     )
+    self.epoch, self.step, self.loss = epoch, step, loss
 
 
 def bond_vocabulary() -> tuple:
@@ -281,9 +286,10 @@ def masked_loss(logits, labels, mask, task_type: str):
     return jnp.sum(losses * mask) / count
   if task_type == "regression":
     mse = jnp.sum(jnp.square(logits - labels) * mask) / count
-    # sqrt has an infinite slope at 0: keep the gradient finite there.
-    safe = jnp.where(mse > 0, mse, 1.0)
-    return jnp.where(mse > 0, jnp.sqrt(safe), 0.0)
+    # sqrt has an infinite slope at 0: keep the gradient finite there (and
+    # let a NaN through, so that a diverging run is seen).
+    safe = jnp.where(mse == 0, 1.0, mse)
+    return jnp.where(mse == 0, 0.0, jnp.sqrt(safe))
   raise ValueError(
     f"task_type must be classification or regression: {task_type}"
   )
@@ -472,18 +478,28 @@ def evaluate(
 def prepare_data(
   config: default.Config, data_dir=None, cache_dir=None
 ) -> input_pipeline.PreparedData:
-  """Loads and splits ``config.dataset``; applies the subset options.
+  """Loads and splits ``config.dataset`` or ``config.data_file``; subsets.
 
-  ``max_molecule_atoms`` and ``max_molecules`` shrink the split (the scaler
-  is refitted and the batch shapes fitted to what remains);
-  ``fixed_shapes`` keeps only the shape that holds any batch (one compiled
-  step, slower per step).
+  ``max_molecule_atoms`` and ``max_molecules`` shrink the split (the latter
+  samples each part with ``config.seed``; the scaler is refitted and the
+  batch shapes fitted to what remains); ``fixed_shapes`` keeps only the shape
+  that holds any batch (one compiled step, slower per step).
   """
+  dataset = config.dataset
+  if config.data_file is not None:
+    dataset = datasets.csv_spec(
+      config.data_file,
+      config.smiles_column,
+      config.target_columns or None,
+      config.task_type,
+    )
   data = input_pipeline.prepare_data(
-    config.dataset,
+    dataset,
     batch_size=config.batch_size,
     split=config.split,
+    sizes=config.split_sizes,
     seed=config.seed,
+    split_file=config.split_file,
     data_dir=data_dir,
     cache_dir=cache_dir,
     progress=False,
@@ -493,7 +509,13 @@ def prepare_data(
   if config.max_molecule_atoms is not None:
     parts = [p[n_atoms[p] <= config.max_molecule_atoms] for p in parts]
   if config.max_molecules is not None:
-    parts = [p[: config.max_molecules] for p in parts]
+    rng = np.random.default_rng(config.seed)
+    parts = [
+      np.sort(rng.choice(p, config.max_molecules, replace=False))
+      if len(p) > config.max_molecules
+      else p
+      for p in parts
+    ]
   split = type(data.split)(*parts)
   scaler, budgets = data.scaler, data.budgets
   if split is not data.split:
@@ -631,19 +653,27 @@ class _Checkpoints:
   """The run's orbax checkpoints: the state after each finished epoch."""
 
   def __init__(self, directory: Path):
-    self.manager = ocp.CheckpointManager(
-      directory.absolute(),
-      options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, enable_async_checkpointing=False
-      ),
-    )
+    self.directory = directory
+    try:
+      self.manager = ocp.CheckpointManager(
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, enable_async_checkpointing=False
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 - orbax raises many types
+      raise run_dir.checkpoint_error(directory, e) from e
 
   def restore(self, target: dict) -> dict | None:
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    """The latest state, or None; raises CheckpointError if unreadable."""
+    try:
+      step = self.manager.latest_step()
+      if step is None:
+        return None
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # noqa: BLE001 - orbax and TensorStore errors
+      raise run_dir.checkpoint_error(self.directory, e) from e
 
   def save(self, epoch: int, state: dict) -> None:
     self.manager.save(epoch, args=ocp.args.StandardSave(state))
@@ -654,12 +684,11 @@ class _Checkpoints:
 
 
 def _write_history(workdir: Path, history: Sequence[dict]) -> None:
-  (workdir / "metrics.json").write_text(json.dumps(list(history), indent=1))
+  run_dir.write_text(
+    workdir / "metrics.json", json.dumps(list(history), indent=1)
+  )
   if history:
-    with open(workdir / "metrics.csv", "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=list(history[0]))
-      writer.writeheader()
-      writer.writerows(history)
+    run_dir.write_csv(workdir / "metrics.csv", history, list(history[0]))
 
 
 def _config_record(config: default.Config) -> dict:
@@ -794,17 +823,13 @@ def train_and_evaluate(
   """
   start = time.perf_counter()
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  record = _config_record(config)
-  config_file = workdir / "config.json"
-  if config_file.exists() and json.loads(config_file.read_text()) != record:
-    raise ValueError(
-      f"{workdir} holds a run with another configuration; use a new output "
-      "directory"
-    )
-  config_file.write_text(json.dumps(record, indent=1))
-
+  needs = graphsam_optax.optimizer_spec(registry_name(config.optimizer)).needs
+  record, notes = run_dir.check(
+    workdir, _config_record(config), fixed_epochs="total_steps" in needs
+  )
   data = prepare_data(config, data_dir, cache_dir)
+  for line in notes + run_dir.start(workdir, record, data):
+    log(line)
   spec = data.dataset.spec
   metric = spec.metric
   better = (
@@ -842,7 +867,7 @@ def train_and_evaluate(
   if restored is not None:
     state = restored
     done = int(state["epoch"])
-    history = json.loads((workdir / "metrics.json").read_text())[:done]
+    history = run_dir.read_history(workdir, done)
     log(f"resuming {workdir} after epoch {done}")
   # Committed to the device(s) whether fresh or restored, so that the
   # compiled step sees the same input shardings in every run.
@@ -930,5 +955,8 @@ def train_and_evaluate(
     "seed": config.seed,
     "workdir": str(workdir),
   }
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+  run_dir.save_model(
+    workdir, data, state["best_params"], int(state["best_epoch"])
+  )
+  run_dir.write_text(workdir / "summary.json", json.dumps(summary, indent=1))
   return summary

@@ -49,11 +49,22 @@ class Config:
   """Everything a training run depends on.
 
   Attributes:
-    dataset: a name of ``models.datasets.DATASETS``.
+    dataset: a name of ``models.datasets.DATASETS``, or the name of the
+      ``data_file`` (its stem).
+    data_file: your own CSV (``models.datasets.csv_spec``) instead of a
+      registry dataset; None uses ``dataset``. It takes the Config defaults
+      for the model (BBBP's).
+    smiles_column: the SMILES column of ``data_file``.
+    target_columns: its label columns; empty takes all but the SMILES.
+    task_type: ``"classification"`` or ``"regression"`` for ``data_file``;
+      None infers it from the labels (0/1 only: classification).
     split: ``"random"``, ``"scaffold"`` or ``"scaffold_balanced"``.
+    split_sizes: train, validation and test fractions.
+    split_file: a JSON file of CSV data rows per part (see
+      ``models.splits.read_split_file``), used instead of ``split``.
     batch_size: molecules per batch.
-    max_molecules: keep at most this many molecules per split part (the
-      first of each shuffled part; None keeps all), for demos and tests.
+    max_molecules: keep at most this many molecules per split part (a
+      sample drawn with ``seed``; None keeps all), for demos and tests.
     max_molecule_atoms: drop molecules with more atoms (None keeps all), for
       demos and tests.
     fixed_shapes: pad every batch to one budget and one block size, so the
@@ -76,7 +87,13 @@ class Config:
   """
 
   dataset: str = "bbbp"
+  data_file: str | None = None
+  smiles_column: str = "smiles"
+  target_columns: tuple[str, ...] = ()
+  task_type: str | None = None
   split: str = "random"
+  split_sizes: tuple[float, float, float] = (0.8, 0.1, 0.1)
+  split_file: str | None = None
   batch_size: int = 32
   max_molecules: int | None = None
   max_molecule_atoms: int | None = None

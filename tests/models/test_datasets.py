@@ -79,28 +79,33 @@ def test_registry():
 
 def test_read_table_quirks():
   table = D.read_table(tiny_spec(), TINY)
-  assert list(table.columns) == ["smiles", "label_a", "label_b"]  # no leak
-  assert len(table) == 5  # CRLF and blank lines handled
+  assert list(table.columns) == ["smiles", "label_a", "label_b", "line"]
+  assert len(table) == 5  # CRLF and blank lines handled, no leaky column
+  assert table.line.tolist() == [2, 3, 5, 6, 8]  # the file's lines
   assert table.smiles[1] == "c1ccccc1O"  # trailing whitespace stripped
   assert np.isnan(table.label_b[1]) and np.isnan(table.label_a[3])
 
 
 def test_load_reports_dropped_rows(tmp_path):
-  with pytest.warns(D.InvalidSmilesWarning, match=r"row 2: 'C\[N\]"):
+  # Line 5 of the file (header = line 1, blank line 4), data row 2.
+  with pytest.warns(D.InvalidSmilesWarning, match=r"line 5: 'C\[N\]"):
     ds = D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
   assert (ds.num_rows, len(ds), ds.num_tasks) == (5, 4, 2)
-  assert [(d.index, d.smiles) for d in ds.dropped] == [(2, "C[N](C)(C)(C)C")]
+  assert [(d.row, d.line, d.smiles) for d in ds.dropped] == [
+    (2, 5, "C[N](C)(C)(C)C")
+  ]
   assert "valence" in ds.dropped[0].reason
   np.testing.assert_array_equal(ds.row_index, [0, 1, 3, 4])
+  np.testing.assert_array_equal(ds.lines, [2, 3, 6, 8])
   assert ds.smiles == ("CCO", "c1ccccc1O", "CC#N", "[Na+].[Cl-]")
   np.testing.assert_array_equal(
     np.isnan(ds.labels), [[0, 0], [0, 1], [1, 0], [0, 0]]
   )
   np.testing.assert_array_equal(ds.n_atoms, [3, 7, 3, 2])
   assert ds.sha256 == D.file_sha256(TINY)
-  with pytest.raises(F.InvalidSmilesError, match=r"row 2"):
+  with pytest.raises(F.InvalidSmilesError, match=r"line 5"):
     D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path, strict=True)
-  with pytest.raises(F.InvalidSmilesError, match=r"row 2"):
+  with pytest.raises(F.InvalidSmilesError, match=r"line 5"):
     D.load_dataset(
       tiny_spec(), TINY.parent, featurize=False, strict=True, cache_dir=tmp_path
     )
@@ -112,7 +117,7 @@ def test_second_load_reads_the_cache(tmp_path, monkeypatch):
   files = list((tmp_path / "features").iterdir())
   assert len(files) == 1 and files[0].name.startswith("tiny-")
   monkeypatch.setattr(F, "featurize_smiles", None)  # would fail if called
-  with pytest.warns(D.InvalidSmilesWarning, match="row 2"):
+  with pytest.warns(D.InvalidSmilesWarning, match="line 5"):
     second = D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
   np.testing.assert_array_equal(second.graphs.pair_bond, first.graphs.pair_bond)
   assert second.dropped == first.dropped
@@ -208,11 +213,19 @@ def test_download_404(http_root, tmp_path):
 
 
 def test_builtin_nci5k_tpsa_offline(tmp_path):
-  with pytest.warns(D.InvalidSmilesWarning, match="8 of 4999"):
+  with pytest.warns(D.InvalidSmilesWarning, match="8 of 4999") as caught:
     ds = D.load_dataset("nci5k-tpsa", cache_dir=tmp_path, featurize=False)
+  # A short report: a summary line, the first three rows, a count.
+  (report,) = [
+    str(w.message).splitlines()
+    for w in caught
+    if w.category is D.InvalidSmilesWarning
+  ]
+  assert len(report) == 5 and report[-1] == "  ... and 5 more"
+  assert report[1].startswith("  line 2099: ") and max(map(len, report)) < 160
   assert ds.path.parts[-2:] == ("NCI", "first_5k.tpsa.csv")
   assert (ds.num_rows, len(ds), ds.num_tasks) == (4999, 4991, 1)
-  assert [d.index for d in ds.dropped] == [
+  assert [d.row for d in ds.dropped] == [
     2097,
     2897,
     3226,
@@ -267,7 +280,7 @@ def test_shared_csv_counts(name, shared_cache):
       download=False,
       featurize=name in FEATURIZED,
     )
-  assert [d.index for d in ds.dropped] == dropped
+  assert [d.row for d in ds.dropped] == dropped
   assert len(ds) == rows - len(dropped) == len(ds.labels)
   assert ds.labels.shape == (len(ds), tasks)
   if name in FEATURIZED:
@@ -285,3 +298,101 @@ def test_shared_csv_quirks():
   esol = D.read_table("esol", Path(SHARED) / "esol.csv")
   assert esol.smiles.str.len().sum() < len(raw["esol"])
   assert not esol.smiles.str.endswith(" ").any()
+
+
+OWN = TINY.parent / "own_molecules.csv"
+
+
+def test_csv_spec_of_your_own_file():
+  spec = D.csv_spec(OWN, target_columns=["logp", "tpsa"])
+  assert (spec.name, spec.task_type, spec.metric) == ("own_molecules",) + (
+    "regression",
+    "rmse",
+  )
+  assert Path(spec.path).is_absolute() and spec.sha256 is None
+  assert D.resolve_csv(spec) == Path(spec.path)  # read where it is
+  # Without target columns: every column but the SMILES ("name" fails).
+  with pytest.raises(D.DataFileError, match="line 2, column 'name'"):
+    D.csv_spec(OWN)
+
+
+def test_csv_spec_infers_the_task(tmp_path):
+  path = tmp_path / "active.csv"
+  path.write_text("smiles,active,note\nCCO,1,\nCCN,0,x\nCCC,,y\n")
+  spec = D.csv_spec(path, target_columns=["active"])
+  assert (spec.task_type, spec.metric) == ("classification", "roc_auc")
+  assert D.csv_spec(path, "smiles", ["active"], "regression").metric == "rmse"
+  with pytest.raises(D.MissingColumnError, match="no column 'smi'") as info:
+    D.csv_spec(path, "smi", ["active"])
+  assert info.value.role == "smiles"
+  with pytest.raises(D.MissingColumnError) as info:
+    D.csv_spec(path, target_columns=["activ"])
+  assert (info.value.column, info.value.role) == ("activ", "target")
+  with pytest.raises(D.DatasetNotFoundError, match="no such file"):
+    D.csv_spec(tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize(
+  "content, message",
+  [
+    (b"", "is empty"),
+    (b"smiles,y\n", "a header but no data rows"),
+    (b"smiles,y\n\n\n", "a header but no data rows"),
+    ("smiles,y\nCCO,caf\u00e9\n".encode("latin-1"), "not UTF-8 text"),
+    (b"smiles,y\nCCO,1\n\nCCN,high\nCCC,low\n", "line 4, column 'y'"),
+    (b'smiles,y\nCCO,1\nCC"N,1,2\n', "not a readable CSV"),
+  ],
+)
+def test_unreadable_files_name_the_file(tmp_path, content, message):
+  path = tmp_path / "mine.csv"
+  path.write_bytes(content)
+  spec = (
+    D.csv_spec(path, target_columns=["y"], task_type="regression")
+    if (content)
+    else None
+  )
+  with pytest.raises(D.DataFileError, match=message) as info:
+    D.load_dataset(spec or tiny_spec(path=str(path)), cache_dir=tmp_path)
+  assert str(path) in str(info.value)
+  if "high" in message:
+    assert "'high' is not a number (nor are 1 more cells)" in str(info.value)
+
+
+def test_infinite_labels_are_dropped_and_reported(tmp_path):
+  path = tmp_path / "inf.csv"
+  path.write_text("smiles,a,b\nCCO,1,2\n\nCCN,inf,1\nCCC,3,-inf\nCO,,4\n")
+  spec = D.csv_spec(path, target_columns=["a", "b"])
+  with pytest.warns(D.InvalidSmilesWarning, match="dropped 2 of 4") as caught:
+    ds = D.load_dataset(spec, cache_dir=tmp_path)
+  assert "line 4: 'CCN' (label 'a' is inf)" in str(caught[0].message)
+  assert [(d.line, d.reason) for d in ds.dropped] == [
+    (4, "label 'a' is inf"),
+    (5, "label 'b' is -inf"),
+  ]
+  assert ds.smiles == ("CCO", "CO") and np.isnan(ds.labels[1, 0])
+  with pytest.raises(F.InvalidSmilesError, match="line 4"):
+    D.load_dataset(spec, cache_dir=tmp_path, strict=True)
+
+
+def test_classification_labels_must_be_0_or_1(tmp_path):
+  path = tmp_path / "cls.csv"
+  path.write_text("smiles,y\nCCO,1\nCCN,2\n")
+  spec = D.csv_spec(path, task_type="classification")
+  with pytest.raises(D.DataFileError, match="line 3, column 'y': 2 is not 0"):
+    D.load_dataset(spec, cache_dir=tmp_path)
+
+
+def test_your_own_file_loads_with_every_quirk_reported(tmp_path):
+  spec = D.csv_spec(OWN, target_columns=["logp", "tpsa"])
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    ds = D.load_dataset(spec, cache_dir=tmp_path)
+  by_kind = {type(w.message): str(w.message) for w in caught}
+  dropped = by_kind[D.InvalidSmilesWarning]
+  assert "dropped 2 of 78" in dropped
+  assert "line 13: 'C[N](C)(C)(C)C'" in dropped and "line 23:" in dropped
+  duplicate = by_kind[D.DuplicateSmilesWarning]
+  assert "1 SMILES occur more than once (2 rows)" in duplicate
+  assert "line 5: 'N=c1[nH]cc([N+](=O)[O-])s1' (also on line 34)" in duplicate
+  assert ds.duplicates() == [("N=c1[nH]cc([N+](=O)[O-])s1", [5, 34])]
+  assert len(ds) == 76 and np.isnan(ds.labels[ds.lines.tolist().index(7), 1])

@@ -1,12 +1,29 @@
-"""Tests of the graphsam-train command line (models/main.py)."""
+"""Tests of the graphsam-train command line (models/main.py).
 
+Every failure a user can meet ends in ``graphsam-train: error: <one line>``
+and exit status 1, or in argparse's usage error and status 2; the tests
+marked slow train tiny runs on tests/data/own_molecules.csv.
+"""
+
+import inspect
 import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
 
 import pytest
 
+from models import datasets
 from models import main
+from models import run_dir
 from models import train
 from tests.models import synthetic
+
+DATA = Path(__file__).parents[1] / "data"
+OWN = DATA / "own_molecules.csv"
 
 
 @pytest.fixture
@@ -31,6 +48,21 @@ def no_work(monkeypatch):
     (["--dataset", "bbbp", "--optimizer", "looksam", "--k", "x"], "--k"),
     (["--dataset", "bbbp", "--epochs", "0"], "--epochs"),
     (["--dataset", "bbbp", "--data-dir", "/no/such/dir"], "--data-dir"),
+    (["--dataset", "bbbp", "--optimizer", "sam", "--rho", "nan"], "--rho"),
+    (["--dataset", "bbbp", "--optimizer", "sam", "--rho", "inf"], "--rho"),
+    (["--dataset", "bbbp", "--optimizer", "sam_k", "--k", "0"], "--k"),
+    (["--dataset", "bbbp", "--seed", "1", "--seeds", "1", "2"], "--seeds"),
+    (["--dataset", "bbbp", "--data", str(OWN)], "--data"),
+    (["--dataset", "bbbp", "--target-columns", "a"], "--target-columns"),
+    (["--data", "/no/such.csv"], "--data"),
+    (["--data", str(OWN), "--smiles-column", "SMILES"], "--smiles-column"),
+    (["--data", str(OWN), "--target-columns", "logP"], "--target-columns"),
+    (["--dataset", "bbbp", "--split-sizes", ".5", ".5", ".5"], "--split-sizes"),
+    (["--dataset", "bbbp", "--split-file", "/no/split.json"], "--split-file"),
+    (
+      ["--dataset", "bbbp", "--split", "random", "--split-file", "x"],
+      "--split",
+    ),
   ],
 )
 def test_bad_arguments_fail_before_any_work(argv, flag, no_work, capsys):
@@ -40,23 +72,276 @@ def test_bad_arguments_fail_before_any_work(argv, flag, no_work, capsys):
   assert f"argument {flag}" in capsys.readouterr().err
 
 
+def test_errors_of_registry_values_name_their_flag(no_work, capsys):
+  # sam_k's registry message is about anchor_every; it is --k's value.
+  with pytest.raises(SystemExit):
+    main.main(["--dataset", "bbbp", "--optimizer", "sam_k", "--k", "0"])
+  err = capsys.readouterr().err
+  assert "argument --k: invalid value 0 for --optimizer sam_k" in err
+  assert "argument --optimizer" not in err
+
+
 def test_help_lists_every_optimizer(capsys):
   with pytest.raises(SystemExit):
     main.main(["--help"])
   out = capsys.readouterr().out
+  assert main.optimizers() == train.OPTIMIZERS
   for name in train.OPTIMIZERS:
     assert f"\n{name}: " in out
+  assert "--data" in out and "--seeds" in out and "--split-file" in out
+  assert "_registry" not in inspect.getsource(main)  # public API only
 
 
+def test_help_imports_nothing_heavy():
+  """--help needs graphsam_optax (jax, optax) and nothing else heavy."""
+  code = (
+    "import sys, models.main as m; m.make_parser().format_help(); "
+    "print(sorted(k for k in ('orbax', 'flax', 'sklearn', 'pandas', "
+    "'rdkit', 'jraph', 'tqdm') if k in sys.modules))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=True
+  ).stdout
+  assert out.strip() == "[]"
+
+
+def run_cli(argv) -> int:
+  """graphsam-train's exit status, argparse's errors included."""
+  try:
+    return main.main([*argv, "--compile-cache", ""])
+  except SystemExit as e:
+    return e.code
+
+
+def one_line_error(capsys) -> str:
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("graphsam-train: error: "), err
+  return last
+
+
+def test_output_directory_that_is_a_file(tmp_path, capsys):
+  (tmp_path / "out").write_text("")
+  argv = ["--dataset", "nci5k-tpsa", "--config", "test"]
+  assert run_cli(argv + ["--out", str(tmp_path / "out" / "run")]) == 1
+  assert "out is a file, not a directory" in one_line_error(capsys)
+
+
+def test_output_directory_without_permission(tmp_path, capsys, monkeypatch):
+  # Root may write anywhere: make the check see a read-only folder.
+  monkeypatch.setattr(run_dir.os, "access", lambda *args: False)
+  argv = ["--dataset", "nci5k-tpsa", "--config", "test"]
+  assert run_cli(argv + ["--out", str(tmp_path / "run")]) == 1
+  assert "permission denied" in one_line_error(capsys)
+  assert not (tmp_path / "run").exists()
+
+
+def test_dataset_not_found_offline_leaves_nothing(
+  tmp_path, capsys, monkeypatch
+):
+  monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
+
+  def offline(spec, target, timeout):
+    raise urllib.error.URLError("no network")
+
+  monkeypatch.setattr(datasets, "_download", offline)
+  out = tmp_path / "run"
+  argv = ["--dataset", "bbbp", "--cache-dir", str(tmp_path / "cache")]
+  assert run_cli(argv + ["--out", str(out)]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("graphsam-train: error: no copy of dataset 'bbbp'")
+  assert "GRAPHSAM_DATA_DIR" in err and "Traceback" not in err
+  assert not out.exists()  # no config.json left behind
+
+
+def test_changed_registry_file_points_to_data(tmp_path, capsys):
+  (tmp_path / "bbbp.csv").write_text("num,name,p_np,smiles\n1,x,1,CCO\n")
+  argv = ["--dataset", "bbbp", "--data-dir", str(tmp_path)]
+  assert run_cli(argv + ["--out", str(tmp_path / "run")]) == 1
+  line = one_line_error(capsys)
+  assert "has SHA-256" in line and "--data <file>" in line
+  assert "--target-columns 'p_np'" in line
+
+
+@pytest.mark.parametrize(
+  "content, message",
+  [
+    (b"", "is empty"),
+    (b"smiles,y\n", "has a header but no data rows"),
+    ("smiles,y\nCCO,caf\u00e9\n".encode("latin-1"), "is not UTF-8 text"),
+    (b"smiles,y\nCCO,1\n\nCCN,high\n", "line 4, column 'y': 'high'"),
+  ],
+)
+def test_unreadable_csv_is_named(tmp_path, capsys, content, message):
+  path = tmp_path / "mine.csv"
+  path.write_bytes(content)
+  argv = ["--data", str(path), "--target-columns", "y", "--task", "regression"]
+  assert run_cli(argv + ["--out", str(tmp_path / "run")]) == 1
+  line = one_line_error(capsys)
+  assert str(path) in line and message in line
+
+
+def test_unexpected_errors_are_one_line_unless_debug(capsys, monkeypatch):
+  def boom(*args, **kwargs):
+    raise RuntimeError("boom\nsecond line")
+
+  monkeypatch.setattr(train, "train_and_evaluate", boom)
+  argv = ["--dataset", "nci5k-tpsa", "--config", "test"]
+  assert run_cli(argv) == 1
+  line = one_line_error(capsys)
+  assert line.endswith(
+    "RuntimeError: boom (rerun with --debug to see the traceback)"
+  )
+  with pytest.raises(RuntimeError, match="boom"):
+    run_cli(argv + ["--debug"])
+
+
+@pytest.mark.slow
 def test_trains_and_ends_with_a_summary_line(tmp_path, capsys):
   out = tmp_path / "run"
   argv = ["--dataset", "nci5k-tpsa", "--config", "test", "--out", str(out)]
   argv += ["--cache-dir", str(synthetic.TEST_CACHE), "--epochs", "2"]
-  argv += ["--compile-cache", ""]  # leave the session's JAX config alone
-  assert main.main(argv) == 0
+  assert run_cli(argv) == 0  # run_cli: leave the session's JAX config alone
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert last.startswith("nci5k-tpsa graphsam seed 0: test rmse ")
   assert "2 epochs" in last and "graphs/s" in last
   summary = json.loads((out / "summary.json").read_text())
   assert f"{summary['test_rmse']:.4f}" in last
   assert len(json.loads((out / "metrics.json").read_text())) == 2
+
+
+OWN_ARGS = ["--data", str(OWN), "--target-columns", "logp", "tpsa"]
+OWN_ARGS += ["--config", "test", "--cache-dir", str(synthetic.TEST_CACHE)]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A 2-epoch run on own_molecules.csv (copy it before changing it)."""
+  out = tmp_path_factory.mktemp("finished") / "run"
+  assert run_cli(OWN_ARGS + ["--epochs", "2", "--out", str(out)]) == 0
+  return out
+
+
+def copy_run(finished_run, tmp_path) -> Path:
+  out = tmp_path / "run"
+  shutil.copytree(finished_run, out)
+  return out
+
+
+@pytest.mark.slow
+def test_own_csv_run_records_what_prediction_needs(finished_run):
+  files = {p.name for p in finished_run.iterdir()}
+  assert {"config.json", "data.json", "split.json", "dropped_rows.csv"} <= files
+  assert {"model.json", "params.msgpack", "summary.json"} <= files
+  data = json.loads((finished_run / "data.json").read_text())
+  assert data["sha256"] == datasets.file_sha256(OWN) and not data["registry"]
+  assert (data["rows"], data["molecules"], data["dropped"]) == (78, 76, 2)
+  dropped = (finished_run / "dropped_rows.csv").read_text().splitlines()
+  assert dropped[0] == "line,row,smiles,reason" and dropped[1].startswith("13,")
+  split = json.loads((finished_run / "split.json").read_text())
+  sides = [k for k, rows in split.items() if {3, 32} & set(rows)]
+  assert len(sides) == 1  # data rows 3 and 32: the duplicate, one side
+  config = json.loads((finished_run / "config.json").read_text())
+  assert config["task_type"] == "regression"  # inferred, then recorded
+  assert config["target_columns"] == ["logp", "tpsa"]
+
+
+@pytest.mark.slow
+def test_split_file_reproduces_a_runs_split(finished_run, tmp_path):
+  argv = OWN_ARGS + ["--epochs", "1", "--out", str(tmp_path / "again")]
+  argv += ["--split-file", str(finished_run / "split.json")]
+  assert run_cli(argv) == 0
+  assert (tmp_path / "again" / "split.json").read_text() == (
+    finished_run / "split.json"
+  ).read_text()
+
+
+@pytest.mark.slow
+def test_finished_run_extends_with_more_epochs(finished_run, tmp_path, capsys):
+  out = copy_run(finished_run, tmp_path)
+  assert run_cli(OWN_ARGS + ["--epochs", "3", "--out", str(out)]) == 0
+  assert f"continuing {out} with epochs 2 -> 3" in capsys.readouterr().out
+  history = json.loads((out / "metrics.json").read_text())
+  assert [row["epoch"] for row in history] == [1, 2, 3]
+  assert json.loads((out / "config.json").read_text())["epochs"] == 3
+  assert run_cli(OWN_ARGS + ["--epochs", "2", "--out", str(out)]) == 1
+  assert "has trained 3 epochs already; pass --epochs 3 or more" in (
+    one_line_error(capsys)
+  )
+
+
+@pytest.mark.slow
+def test_other_configuration_is_refused_by_name(finished_run, tmp_path, capsys):
+  out = copy_run(finished_run, tmp_path)
+  argv = OWN_ARGS + ["--epochs", "2", "--batch-size", "8", "--out", str(out)]
+  assert run_cli(argv) == 1
+  line = one_line_error(capsys)
+  assert "another configuration (batch_size 16 there, 8 here)" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "corrupt metadata"])
+def test_unreadable_checkpoint_is_named(finished_run, tmp_path, capsys, damage):
+  out = copy_run(finished_run, tmp_path)
+  step = out / "checkpoints" / "2" / "default"
+  if damage == "truncated":
+    for path in step.rglob("*"):
+      if path.is_file() and path.parent.name == "d":
+        os.truncate(path, 10)
+  else:
+    (step / "_METADATA").write_text("garbage")
+  assert run_cli(OWN_ARGS + ["--epochs", "3", "--out", str(out)]) == 1
+  line = one_line_error(capsys)
+  assert f"cannot read the checkpoint in {out / 'checkpoints'}" in line
+  assert "to restart the run from its first epoch" in line
+  assert len(line) - 2 * len(str(out)) < 320  # no TensorStore dump
+
+
+@pytest.mark.slow
+def test_missing_metrics_is_named(finished_run, tmp_path, capsys):
+  out = copy_run(finished_run, tmp_path)
+  (out / "metrics.json").unlink()
+  assert run_cli(OWN_ARGS + ["--epochs", "3", "--out", str(out)]) == 1
+  line = one_line_error(capsys)
+  assert f"{out / 'metrics.json'} is missing" in line
+  assert "delete" in line and "checkpoints" in line
+
+
+@pytest.mark.slow
+def test_changed_data_file_is_refused(finished_run, tmp_path, capsys):
+  out = copy_run(finished_run, tmp_path)
+  changed = tmp_path / "own_molecules.csv"
+  changed.write_text(OWN.read_text() + "extra,CCCCCC,3.1,0\n")
+  data = json.loads((out / "data.json").read_text())
+  data["file"] = str(changed)  # as if the run had been trained on it
+  (out / "data.json").write_text(json.dumps(data))
+  config = json.loads((out / "config.json").read_text())
+  config["data_file"] = str(changed)
+  (out / "config.json").write_text(json.dumps(config))
+  argv = ["--data", str(changed), *OWN_ARGS[2:], "--epochs", "2"]
+  assert run_cli(argv + ["--out", str(out)]) == 1
+  assert f"{changed} has changed since {out} started" in one_line_error(capsys)
+
+
+@pytest.mark.slow
+def test_diverging_run_stops_with_epoch_and_step(tmp_path, capsys):
+  out = tmp_path / "run"
+  argv = OWN_ARGS + ["--optimizer", "sam", "--rho", "1e9", "--epochs", "2"]
+  assert run_cli(argv + ["--out", str(out)]) == 1
+  line = one_line_error(capsys)
+  assert "at epoch 1, step " in line and "lower --rho" in line
+  assert "Input contains NaN" not in line
+  assert not list((out / "checkpoints").glob("[0-9]*"))  # none written
+
+
+@pytest.mark.slow
+def test_seeds_train_an_ensemble(tmp_path, capsys):
+  out = tmp_path / "ens"
+  argv = OWN_ARGS + ["--epochs", "1", "--seeds", "0", "1", "--out", str(out)]
+  assert run_cli(argv) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[-1].startswith(f"2 runs in {out}: test rmse ")
+  assert f"graphsam-predict --run {out}" in lines[-1]
+  for seed in (0, 1):
+    summary = json.loads((out / f"seed{seed}" / "summary.json").read_text())
+    assert summary["seed"] == seed

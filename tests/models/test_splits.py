@@ -144,3 +144,58 @@ def test_split_dataset_dispatch():
   _check_partition(S.split_dataset(TOY, "scaffold_balanced"), len(TOY))
   with pytest.raises(ValueError, match="unknown split method"):
     S.split_dataset(TOY, "stratified")
+
+
+def test_random_split_keeps_duplicates_together():
+  smiles = [f"C{'C' * (i % 40)}O" for i in range(100)]  # 40 distinct, 2-3x
+  plain = S.random_split(len(smiles), seed=5)
+  for seed in range(5):
+    split = S.split_dataset(smiles, "random", seed=seed)
+    _check_partition(split, len(smiles))
+    sides = {}
+    for side, part in enumerate(split):
+      for i in part:
+        sides.setdefault(smiles[i], set()).add(side)
+    assert all(len(s) == 1 for s in sides.values())
+    n_train, _, _ = S.split_sizes(len(smiles))
+    assert abs(len(split.train) - n_train) < 3  # off by less than a group
+  # Without duplicates the split is the plain permutation split.
+  distinct = [f"C{'C' * i}O" for i in range(100)]
+  same = S.split_dataset(distinct, "random", seed=5)
+  for a, b in zip(plain, same, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_split_file_round_trip(tmp_path):
+  rows = np.array([0, 1, 3, 4, 5, 6], np.int64)  # data row 2 was dropped
+  path = tmp_path / "split.json"
+  path.write_text('{"train": [0, 1, 2, 3], "val": [4], "test": [5]}')
+  split, skipped, unused = S.read_split_file(path, rows, num_rows=7)
+  assert [p.tolist() for p in split] == [[0, 1, 2], [3], [4]]
+  assert (skipped, unused) == (1, 1)  # row 2 dropped, row 6 unlisted
+  assert S.split_rows(split, rows) == {
+    "train": [0, 1, 3],
+    "valid": [4],
+    "test": [5],
+  }
+
+
+@pytest.mark.parametrize(
+  "content, message",
+  [
+    ("[0, 1]", "expected an object"),
+    ('{"train": [0], "valid": [1], "tset": [2]}', "unexpected key 'tset'"),
+    ('{"train": [0], "valid": [1]}', "no 'test' list"),
+    ('{"train": [0], "valid": [1], "test": [9]}', r"\[0, 7\).*got 9"),
+    ('{"train": [0], "valid": [1], "test": [1.0]}', "got 1.0"),
+    ('{"train": [0, 1], "valid": [1], "test": [3]}', "row 1 is in 'train'"),
+    ('{"train": [0], "valid": [2], "test": [3]}', "no loadable molecule"),
+    ("{", "cannot read"),
+  ],
+)
+def test_bad_split_files_are_named(tmp_path, content, message):
+  path = tmp_path / "split.json"
+  path.write_text(content)
+  with pytest.raises(S.SplitFileError, match=message) as info:
+    S.read_split_file(path, np.array([0, 1, 3, 4, 5, 6]), num_rows=7)
+  assert str(path) in str(info.value)

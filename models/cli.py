@@ -1,0 +1,119 @@
+"""What the command lines share: argument types, and how they end.
+
+:func:`run` runs a command's body so that a failure ends in a line or a few
+(``prog: error: ...``, naming the file, row, column, flag or epoch, as the
+error's message does) and a non-zero exit status instead of a traceback
+(``--debug`` shows it), and warnings print as ``prog: warning: ...``.
+Nothing heavy is imported here: ``--help`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from collections.abc import Callable
+
+# Errors whose message says all a user needs: shown without their type.
+# (module, class) pairs, looked up only in modules already imported.
+_USER_ERRORS = (
+  ("models.datasets", "DataFileError"),
+  ("models.datasets", "DatasetNotFoundError"),
+  ("models.datasets", "ChecksumError"),
+  ("models.featurization", "InvalidSmilesError"),
+  ("models.splits", "SplitFileError"),
+  ("models.run_dir", "RunDirError"),
+  ("models.train", "NonFiniteLossError"),
+)
+INTERRUPTED = 130  # the shell's status for Ctrl-C
+
+
+def finite_float(text: str) -> float:
+  """An argparse type: a float that is neither NaN nor infinite."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+  return value
+
+
+def positive_int(text: str) -> int:
+  """An argparse type: an integer >= 1."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  return value
+
+
+def boolean(text: str) -> bool:
+  """An argparse type: true/false, yes/no or 1/0."""
+  lowered = text.lower()
+  if lowered in ("1", "true", "yes"):
+    return True
+  if lowered in ("0", "false", "no"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _user_error(error: BaseException) -> bool:
+  for module, name in _USER_ERRORS:
+    cls = getattr(sys.modules.get(module), name, None)
+    if cls is not None and isinstance(error, cls):
+      return True
+  return False
+
+
+def describe(error: BaseException) -> str:
+  """The message shown for ``error``: its own, or its type and first line."""
+  if _user_error(error):
+    return str(error)
+  first = (str(error).strip().splitlines() or [""])[0]
+  return (
+    f"{type(error).__name__}: {first}".rstrip(": ")
+    + " (rerun with --debug to see the traceback)"
+  )
+
+
+def run(
+  prog: str,
+  body: Callable[[], int],
+  *,
+  debug: bool = False,
+  on_interrupt: str = "",
+) -> int:
+  """Runs ``body()`` and returns its exit status; failures print and give 1.
+
+  Warnings are printed as ``prog: warning: message``, each message once
+  (several runs load the same data); Ctrl-C prints
+  ``prog: interrupted`` and ``on_interrupt`` and gives 130. With ``debug``
+  an exception propagates with its traceback. ``SystemExit`` (argparse's
+  errors) passes through.
+  """
+
+  shown = set()
+
+  def show(message, category, filename, lineno, file=None, line=None):
+    if str(message) not in shown:
+      shown.add(str(message))
+      print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+
+  with warnings.catch_warnings():
+    warnings.showwarning = show
+    try:
+      return body()
+    except KeyboardInterrupt:
+      if debug:
+        raise
+      print(f"{prog}: interrupted{on_interrupt}", file=sys.stderr)
+      return INTERRUPTED
+    except Exception as e:
+      if debug:
+        raise
+      print(f"{prog}: error: {describe(e)}", file=sys.stderr, flush=True)
+      return 1
