@@ -549,23 +549,22 @@ class GRULanes(NamedTuple):
   node_pos: jax.Array
 
   def rows(self, t, num_nodes: int):
-    """Rows of an ``[N * 2, ...]`` (atom, direction) array that the lanes
+    """Rows of a ``[2 * N, ...]`` (direction, atom) array that the lanes
     read at step ``t`` (``[2, G]``), and which lanes have an atom there."""
     forward = self.offsets + t
     backward = self.offsets + self.n_node - 1 - t
     node = jnp.clip(jnp.stack([forward, backward]), 0, num_nodes - 1)
-    return node * 2 + jnp.arange(2)[:, None], t < self.n_node
+    return node + num_nodes * jnp.arange(2)[:, None], t < self.n_node
 
   def previous_rows(self, num_nodes: int):
-    """For every (atom, direction) row, the row its lane read one step
+    """For every (direction, atom) row, the row its lane read one step
     before, and whether it is the lane's first step (state ``h0``)."""
     node = jnp.arange(num_nodes)
     first = jnp.stack(
-      [self.node_pos == 0, self.node_pos == self.n_node[self.node_graph] - 1],
-      1,
+      [self.node_pos == 0, self.node_pos == self.n_node[self.node_graph] - 1]
     )
-    before = jnp.clip(jnp.stack([node - 1, node + 1], 1), 0, num_nodes - 1)
-    return before * 2 + jnp.arange(2), first
+    before = jnp.clip(jnp.stack([node - 1, node + 1]), 0, num_nodes - 1)
+    return before + num_nodes * jnp.arange(2)[:, None], first
 
 
 def _gru_cell(h, x, w, b):
@@ -580,13 +579,13 @@ def _gru_cell(h, x, w, b):
 
 
 def _gru_forward(x, h0, w, b, lanes: GRULanes, keep_gates: bool):
-  """Runs the lanes; returns ``[N * 2, d]`` states (and ``[N * 2, 4d]``
+  """Runs the lanes; returns ``[2 * N, d]`` states (and ``[2 * N, 4d]``
   gates ``r, z, c, gn`` when ``keep_gates``), rows of padding atoms zero."""
-  num_nodes = x.shape[0]
-  rows = x.reshape(num_nodes * 2, -1)
+  num_nodes = x.shape[1]
+  rows = x.reshape(2 * num_nodes, -1)
   d = h0.shape[-1]
   width = 5 * d if keep_gates else d
-  out_of_range = num_nodes * 2
+  out_of_range = 2 * num_nodes
 
   def step(t, carry):
     h, saved = carry
@@ -596,7 +595,7 @@ def _gru_forward(x, h0, w, b, lanes: GRULanes, keep_gates: bool):
     write = jnp.where(active[None, :], read, out_of_range)
     return h, saved.at[write].set(row, mode="drop")
 
-  saved = jnp.zeros((num_nodes * 2, width), x.dtype)
+  saved = jnp.zeros((2 * num_nodes, width), x.dtype)
   steps = jnp.max(lanes.n_node)
   _, saved = jax.lax.fori_loop(0, steps, step, (h0, saved))
   if keep_gates:
@@ -606,9 +605,9 @@ def _gru_forward(x, h0, w, b, lanes: GRULanes, keep_gates: bool):
 
 @jax.custom_vjp
 def gru(x, h0, w, b, lanes: GRULanes):
-  """Bidirectional GRU over each molecule's atoms: x [N, 2, 3d] input gates
-  (``x W_in + b_in`` of each atom and direction), h0 [2, G, d], recurrent
-  w [2, d, 3d], b [2, 3d]; returns the states [N, 2, d] (zero on padding
+  """Bidirectional GRU over each molecule's atoms: x [2, N, 3d] input gates
+  (``x W_in + b_in`` of each direction and atom), h0 [2, G, d], recurrent
+  w [2, d, 3d], b [2, 3d]; returns the states [2, N, d] (zero on padding
   atoms).
 
   All lanes advance together for as many steps as the batch's largest
@@ -619,20 +618,20 @@ def gru(x, h0, w, b, lanes: GRULanes):
   gradient is one product over the atoms after the loop.
   """
   states, _ = _gru_forward(x, h0, w, b, lanes, keep_gates=False)
-  return states.reshape(x.shape[0], 2, -1)
+  return states.reshape(2, x.shape[1], -1)
 
 
 def _gru_fwd(x, h0, w, b, lanes):
   states, gates = _gru_forward(x, h0, w, b, lanes, keep_gates=True)
-  return states.reshape(x.shape[0], 2, -1), (states, gates, h0, w, lanes)
+  return states.reshape(2, x.shape[1], -1), (states, gates, h0, w, lanes)
 
 
 def _gru_bwd(res, d_states):
   states, gates, h0, w, lanes = res
   num_nodes = states.shape[0] // 2
   d = h0.shape[-1]
-  d_out = d_states.reshape(num_nodes * 2, d)
-  out_of_range = num_nodes * 2
+  d_out = d_states.reshape(2 * num_nodes, d)
+  out_of_range = 2 * num_nodes
   steps = jnp.max(lanes.n_node)
 
   def step(i, carry):
@@ -651,20 +650,20 @@ def _gru_bwd(res, d_states):
     dx = dx.at[write].set(jnp.concatenate([da_r, da_z, da_n], -1), mode="drop")
     return dh * z + jnp.einsum("kge,kde->kgd", dg, w), dx
 
-  dx = jnp.zeros((num_nodes * 2, 3 * d), states.dtype)
+  dx = jnp.zeros((2 * num_nodes, 3 * d), states.dtype)
   dh0, dx = jax.lax.fori_loop(0, steps, step, (jnp.zeros_like(h0), dx))
   # Gradients of the gates g = h W + b equal those of the inputs x but for
   # the candidate's third, which r scales; rows of padding atoms are zero.
   before, first = lanes.previous_rows(num_nodes)
-  h_first = jnp.swapaxes(h0, 0, 1)[lanes.node_graph]  # [N, 2, d]
+  h_first = h0[:, lanes.node_graph]  # [2, N, d]
   hp = jnp.where(
-    first[..., None], h_first, states[before.reshape(-1)].reshape(-1, 2, d)
+    first[..., None], h_first, states[before.reshape(-1)].reshape(2, -1, d)
   )
-  dx = dx.reshape(num_nodes, 2, 3 * d)
-  r = gates[:, :d].reshape(num_nodes, 2, d)
+  dx = dx.reshape(2, num_nodes, 3 * d)
+  r = gates[:, :d].reshape(2, num_nodes, d)
   dg = jnp.concatenate([dx[..., : 2 * d], dx[..., 2 * d :] * r], -1)
-  dw = jnp.einsum("nkd,nke->kde", hp, dg)
-  db = jnp.sum(dg, axis=0)
+  dw = jnp.einsum("knd,kne->kde", hp, dg)
+  db = jnp.sum(dg, axis=1)
   return dx, dh0, dw, db, None
 
 
@@ -703,10 +702,13 @@ class GRUReadout(nn.Module):
     b_in = self.param("b_in", _torch_bias_init(d), (2, 3 * d))
     w_h = self.param("w_h", xavier, (2, d, 3 * d))
     b_h = self.param("b_h", _torch_bias_init(d), (2, 3 * d))
-    x_in = jnp.einsum("nd,kde->nke", h, w_in) + b_in  # [N, 2, 3d]
+    # Both directions' input gates in one [N, d] x [d, 6d] product.
+    w_flat = jnp.swapaxes(w_in, 0, 1).reshape(d, 6 * d)
+    x_in = (h @ w_flat).reshape(-1, 2, 3 * d) + b_in
     h0 = jnp.broadcast_to(init[None], (2, n_graphs, d))
     lanes = GRULanes(topo.offsets, topo.n_node, topo.node_graph, topo.node_pos)
-    states = gru(x_in, h0, w_h, b_h, lanes).reshape(-1, 2 * d)
+    states = gru(jnp.swapaxes(x_in, 0, 1), h0, w_h, b_h, lanes)  # [2, N, d]
+    states = jnp.swapaxes(states, 0, 1).reshape(-1, 2 * d)  # [N, (fwd, bwd)]
     y = mish(dense(d, 2 * d, "out")(states))
     total = jax.ops.segment_sum(
       jnp.where(topo.node_real[:, None], y, 0.0),

@@ -541,6 +541,10 @@ class Functions(NamedTuple):
     predict: :func:`make_predict`.
     eval_params: ``graphsam_optax.eval_params`` jitted.
     compiler_options: the options all of them compile with.
+    train_steps: the compiled train steps, by batch shape
+      (:class:`CompiledSteps`), shared by the family's runs.
+    predicts: the compiled predictions, likewise.
+    parallel_steps: the data-parallel train steps, by mesh.
   """
 
   model: model_lib.CoMPT
@@ -550,6 +554,9 @@ class Functions(NamedTuple):
   predict: Callable
   eval_params: Callable
   compiler_options: Mapping[str, Any] | None
+  train_steps: CompiledSteps
+  predicts: CompiledSteps
+  parallel_steps: dict
 
 
 # Functions of the most recently used families; evicting one drops its
@@ -603,14 +610,19 @@ def build(
   def make_tx(values):
     return create_optimizer(config, steps_per_epoch, values)
 
+  train_step = make_train_step(model, task_type, make_tx, options)
+  predict = make_predict(model, options)
   _BUILT[key] = Functions(
     model=model,
     make_tx=make_tx,
     init=make_init(model, make_tx, options),
-    train_step=make_train_step(model, task_type, make_tx, options),
-    predict=make_predict(model, options),
+    train_step=train_step,
+    predict=predict,
     eval_params=jax.jit(graphsam_optax.eval_params),
     compiler_options=options,
+    train_steps=CompiledSteps(train_step, "train step"),
+    predicts=CompiledSteps(predict, "evaluation"),
+    parallel_steps={},
   )
   while len(_BUILT) > MAX_BUILT:
     _BUILT.popitem(last=False)
@@ -621,31 +633,31 @@ class CompiledSteps:
   """The executables of one jitted function, compiled ahead of first use.
 
   ``get(*args, blocks=...)`` returns the executable for the arguments'
-  shapes, compiling it the first time (and logging how long that took).
-  ``count`` is how many this run compiled.
+  shapes, compiling it the first time (and logging how long that took);
+  later runs of the same family reuse it. ``compiled`` and ``seconds``
+  count the compilations and their time; ``log`` receives the lines.
   """
 
-  def __init__(self, jitted, what: str, log: Callable[[str], Any]):
-    self.jitted, self.what, self.log = jitted, what, log
+  def __init__(self, jitted, what: str):
+    self.jitted, self.what = jitted, what
     self.executables: dict = {}
-    self.seconds = 0.0
-
-  @property
-  def count(self) -> int:
-    return len(self.executables)
+    self.compiled, self.seconds = 0, 0.0
+    self.log: Callable[[str], Any] = print
 
   def get(self, *args, blocks):
     leaves, treedef = jax.tree.flatten(args)
     key = (treedef, tuple((np.shape(x), x.dtype) for x in leaves), blocks)
     if key not in self.executables:
+      self.log(
+        f"compiling the {self.what} for batches of {blocks[0]} blocks of "
+        f"{blocks[1]} atoms..."
+      )
       tic = time.perf_counter()
       self.executables[key] = self.jitted.lower(*args, blocks=blocks).compile()
       seconds = time.perf_counter() - tic
+      self.compiled += 1
       self.seconds += seconds
-      self.log(
-        f"compiled the {self.what} for batch shape {self.count} "
-        f"({blocks[0]} blocks of {blocks[1]} atoms) in {seconds:.1f} s"
-      )
+      self.log(f"compiled the {self.what} in {seconds:.1f} s")
     return self.executables[key]
 
 
@@ -728,22 +740,29 @@ def _engine(fns, data, config, task_type, num_devices, log) -> _Engine:
           int(batch.graph_mask.sum()),
         )
 
-    step = fns.train_step
+    step = fns.train_steps
     place = functools.partial(jax.device_put, device=device)
   else:
-    step = parallel.make_parallel_train_step(
-      fns.model,
-      functools.partial(masked_loss, task_type=task_type),
-      functools.partial(optimizer_step, fns.make_tx),
-      mesh,
-      fns.compiler_options,
-    )
+    devices = tuple(d.id for d in mesh.devices.flat)
+    if devices not in fns.parallel_steps:
+      fns.parallel_steps[devices] = CompiledSteps(
+        parallel.make_parallel_train_step(
+          fns.model,
+          functools.partial(masked_loss, task_type=task_type),
+          functools.partial(optimizer_step, fns.make_tx),
+          mesh,
+          fns.compiler_options,
+        ),
+        "train step",
+      )
+    step = fns.parallel_steps[devices]
     epoch_batches = parallel.make_train_batches(
       data, mesh, single_shape=config.fixed_shapes
     )
     place = functools.partial(parallel.replicate, mesh=mesh)
+  step.log = fns.predicts.log = log
   return _Engine(
-    CompiledSteps(step, "train step", log),
+    step,
     epoch_batches,
     place,
     data.steps_per_epoch(config.drop_last),
@@ -873,7 +892,8 @@ def train_and_evaluate(
   # compiled step sees the same input shardings in every run.
   state = engine.place(state)
   params, opt_state = state["params"], state["opt_state"]
-  predict = CompiledSteps(fns.predict, "evaluation", log)
+  predict = fns.predicts
+  compiled = engine.step.compiled, engine.step.seconds + predict.seconds
 
   def evaluate_part(weights, part):
     return evaluate(
@@ -949,8 +969,10 @@ def train_and_evaluate(
     "wall_seconds": time.perf_counter() - start,
     # The median epoch: compilation makes the first ones slower.
     "graphs_per_s": float(np.median(rates)) if rates else math.nan,
-    "compiled_train_steps": engine.step.count,
-    "compile_seconds": engine.step.seconds + predict.seconds,
+    # Compiled by this run; steps compiled by an earlier run of the family
+    # in this process are reused.
+    "compiled_train_steps": engine.step.compiled - compiled[0],
+    "compile_seconds": engine.step.seconds + predict.seconds - compiled[1],
     "num_params": num_params,
     "seed": config.seed,
     "workdir": str(workdir),

@@ -4,6 +4,8 @@ import types
 import warnings
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import jraph
 import numpy as np
 import pytest
@@ -45,34 +47,69 @@ def _molecule_graphs_tuple(graphs, k):
 
 
 def test_budgets(nci):
-  n = nci.graphs.n_atoms
+  n = nci.graphs.n_atoms.astype(np.int64)
   budgets = P.padding_budgets(n, 32)
   assert budgets == P.padding_budgets(n, 32)  # deterministic
-  assert 2 <= len(budgets) <= 8
+  assert len(budgets) == 2
+  typical, largest = budgets
   assert all(b.n_graph == 33 for b in budgets)
-  for a, b in zip(budgets, budgets[1:], strict=False):
-    assert a.n_node <= b.n_node and a.n_edge <= b.n_edge and a != b
-  top = np.sort(n)[-32:].astype(np.int64)
-  assert budgets[-1].n_node > top.sum() and budgets[-1].n_edge >= (top**2).sum()
-  assert all(b.n_node % 64 == 0 and b.n_edge % 512 == 0 for b in budgets)
-  with pytest.raises(ValueError, match="fits no budget"):
-    P.select_budget(budgets[-1].n_node, 1, 2, budgets)
+  assert all(b.block_size == -(-n.max() // 8) * 8 for b in budgets)
+  assert typical.n_node < largest.n_node and typical.n_edge < largest.n_edge
+  assert typical.block_count < largest.block_count == 32
+  # The largest holds the 32 largest molecules together.
+  top = np.sort(n)[-32:]
+  assert largest.fits(top.sum(), (top**2).sum(), 32, 32)
+  assert all(b.n_node % 32 == 0 and b.n_edge % 512 == 0 for b in budgets)
+  # The typical shape holds at least 99.5% of random batches, jointly.
+  sizes = P.sample_batches(n, 32, 4000, seed=7)
+  blocks = P.pack_blocks(sizes, typical.block_size)
+  fits = [
+    typical.fits(s.sum(), (s * s).sum(), 32, k)
+    for s, k in zip(sizes, blocks, strict=True)
+  ]
+  assert np.mean(fits) >= 0.99
+  with pytest.raises(ValueError, match="fits no shape"):
+    P.select_budget(largest.n_node, 1, 2, 1, budgets)
   with pytest.raises(ValueError, match="batch_size"):
     P.padding_budgets(n, 0)
+  with pytest.raises(ValueError, match="coverage"):
+    P.padding_budgets(n, 32, coverage=0)
+  # Where the typical shape would hold every batch, there is one shape.
+  assert len(P.padding_budgets(np.full(50, 7), 4)) == 1
 
 
-def test_optimal_thresholds_minimize_padding():
-  x = np.array([1, 1, 2, 2, 2, 9, 10, 10])
-  np.testing.assert_array_equal(P._optimal_thresholds(x, 1), [10])
-  np.testing.assert_array_equal(P._optimal_thresholds(x, 2), [2, 10])
-  np.testing.assert_array_equal(P._optimal_thresholds(x, 3), [1, 2, 10])
-  np.testing.assert_array_equal(P._optimal_thresholds(x, 9), [1, 2, 9, 10])
+def test_pack_blocks_agrees_with_the_model():
+  from models import model
+
+  rng = np.random.default_rng(0)
+  sizes = rng.integers(0, 40, size=(200, 33))
+  sizes[:, -1] = 0  # jraph's padding graph takes no room
+  count = P.pack_blocks(sizes, 48)
+  pack = jax.jit(
+    jax.vmap(model.pack_blocks, in_axes=(0, None)), static_argnums=1
+  )
+  block, start = pack(jnp.asarray(sizes, jnp.int32), 48)
+  last = np.where(sizes > 0, np.asarray(block), -1).max(1)
+  np.testing.assert_array_equal(count, last + 1)
+  assert np.all(np.asarray(start) + sizes <= 48)
+
+
+def test_make_batch_picks_the_first_shape_that_fits():
+  result = F.featurize_smiles(["CCCCCC", "CCCCC", "CCCC"])  # 6, 5, 4 atoms
+  labels = np.zeros((3, 1), np.float32)
+  few_blocks = P.BatchShape(32, 512, 4, 1, 8)
+  enough = P.BatchShape(64, 1024, 4, 3, 8)
+  batch = P.make_batch(result.graphs, labels, [0, 1, 2], [few_blocks, enough])
+  assert P.shape_of(batch, [few_blocks, enough]) == enough  # 3 blocks of 8
+  assert P.pack_blocks(np.array([6, 5, 4]), 8) == 3
+  batch = P.make_batch(result.graphs, labels, [2], [few_blocks, enough])
+  assert P.shape_of(batch, [few_blocks, enough]) == few_blocks
 
 
 def test_batch_format_by_hand():
   result = F.featurize_smiles(["CCO", "[Na+].[Cl-]"])
   labels = np.array([[1.0, np.nan], [0.0, 2.0]], np.float32)
-  budget = P.GraphsTupleSize(8, 16, 4)
+  budget = P.BatchShape(8, 16, 4, 1, 8)
   batch = P.make_batch(result.graphs, labels, [0, 1], [budget])
   g = batch.graphs
   assert g.nodes.shape == (8, 115) and g.nodes.dtype == np.float32
@@ -110,11 +147,15 @@ def test_matches_jraph_batch_then_pad(nci):
   budgets = P.padding_budgets(nci.graphs.n_atoms, 8)
   idx = np.array([5, 17, 3, 250, 99, 0, 12])
   batch = P.make_batch(nci.graphs, nci.labels, idx, budgets)
-  nodes, pairs = P.batch_totals(nci.graphs.n_atoms, idx)
-  budget = P.select_budget(nodes, pairs, len(idx), budgets)
+  size = budgets[0].block_size
+  nodes, pairs, blocks = P.batch_totals(nci.graphs.n_atoms, idx, size)
+  budget = P.select_budget(nodes, pairs, len(idx), blocks, budgets)
+  assert P.shape_of(batch, budgets) == budget
   expected = jraph.pad_with_graphs(
     jraph.batch_np([_molecule_graphs_tuple(nci.graphs, k) for k in idx]),
-    *budget,
+    budget.n_node,
+    budget.n_edge,
+    budget.n_graph,
   )
   got = batch.graphs
   for field in ("nodes", "senders", "receivers", "n_node", "n_edge"):
@@ -204,8 +245,9 @@ def test_distinct_shapes_are_bounded(nci):
   idx = P.batch_indices(np.arange(400), 32, shuffle=True)
   usage = P.budget_usage(nci.graphs.n_atoms, idx, budgets)
   assert usage["shapes_used"] <= len(budgets) and sum(usage["counts"]) == 13
-  assert 0 < usage["pair_fill"] <= 1
+  assert 0 < usage["pair_fill"] <= 1 and 0 < usage["node_fill"] <= 1
   assert usage["mean_pairs"] <= usage["mean_padded_pairs"]
+  assert usage["mean_blocks"] <= usage["mean_padded_blocks"]
 
 
 def test_target_scaler():
@@ -218,7 +260,7 @@ def test_target_scaler():
   np.testing.assert_allclose(scaler.inverse_transform(z), y)
   result = F.featurize_smiles(["C", "CC", "CCC"])
   batch = P.make_batch(
-    result.graphs, y, [0, 1, 2], [P.GraphsTupleSize(64, 512, 4)], scaler=scaler
+    result.graphs, y, [0, 1, 2], [P.BatchShape(64, 512, 4, 3, 8)], scaler=scaler
   )
   np.testing.assert_allclose(batch.labels[:3], [[-1, 0], [1, 0], [0, 0]])
   np.testing.assert_array_equal(batch.label_mask[:3], ~np.isnan(y))

@@ -292,15 +292,15 @@ def test_gru_vjp_equals_autodiff():
   n, g, d = 16, 4, 4
   sizes = [5, 3, 1]
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(n, 2, 3 * d)).astype(np.float32)
+  x = rng.normal(size=(2, n, 3 * d)).astype(np.float32)
   h0 = rng.normal(size=(2, g, d)).astype(np.float32)
   w = rng.normal(size=(2, d, 3 * d)).astype(np.float32) * 0.5
   b = rng.normal(size=(2, 3 * d)).astype(np.float32)
-  weights = rng.normal(size=(n, 2, d)).astype(np.float32)
+  weights = rng.normal(size=(2, n, d)).astype(np.float32)
 
   def reference(x, h0, w, b, lanes):
     del lanes
-    out = jnp.zeros((n, 2, d))
+    out = jnp.zeros((2, n, d))
     first = 0
     for graph, size in enumerate(sizes):
       for k, order in ((0, range(size)), (1, reversed(range(size)))):
@@ -308,11 +308,11 @@ def test_gru_vjp_equals_autodiff():
         for pos in order:
           h = model_lib._gru_cell(
             h[None, None],
-            x[first + pos, k][None, None],
+            x[k, first + pos][None, None],
             w[k : k + 1],
             b[k : k + 1],
           )[0][0, 0]
-          out = out.at[first + pos, k].set(h)
+          out = out.at[k, first + pos].set(h)
       first += size
     return out
 
@@ -329,7 +329,7 @@ def test_gru_vjp_equals_autodiff():
   np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
   for a, e in zip(got[1], want[1], strict=True):
     np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(got[1][0][sum(sizes) :], 0.0)  # padding atoms
+  np.testing.assert_array_equal(got[1][0][:, sum(sizes) :], 0.0)  # padding
 
 
 def test_gru_initialization_per_direction():

@@ -5,6 +5,7 @@ The multi-device check runs in a subprocess started with
 devices), so this test session keeps its single device.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def run_checks():
   mesh = parallel.make_mesh()
   config = test_config.get_config()
   batches = [np.arange(k * BATCH, (k + 1) * BATCH) for k in range(2)]
-  # The largest budgets fit both batches: one compilation per step function.
+  # The largest shapes fit both batches: one compilation per step function.
   union_budget = input_pipeline.padding_budgets(graphs.n_atoms, BATCH)[-1:]
   device_budget = parallel.per_device_budgets(graphs.n_atoms, BATCH, DEVICES)[
     -1:
@@ -96,34 +97,43 @@ def run_checks():
       parallel.make_device_batch(graphs, labels, idx, device_budget, DEVICES)
       for idx in batches
     ]
-    max_atoms = max(parallel.block_size(b) for b in stacked)
-    assert max_atoms == max(train.block_size(b) for b in union)
+    one_blocks = union_budget[0].blocks
+    many_blocks = device_budget[0].blocks
     model = train.create_model(config, labels.shape[1])
     params = model.init(
-      jax.random.key(config.seed), union[0].graphs, max_atoms
+      jax.random.key(config.seed), union[0].graphs, one_blocks
     )["params"]
     options = train.FAST_COMPILE  # the same programs, compiled faster
-    one_step = train.make_train_step(model, tx, task_type, options)
-    many_step = parallel.make_parallel_train_step(
-      model, tx, task_type, mesh, options
+    one_step = train.make_train_step(
+      model, task_type, lambda _, tx=tx: tx, options
     )
-    one = (params, tx.init(params))
+    many_step = parallel.make_parallel_train_step(
+      model,
+      functools.partial(train.masked_loss, task_type=task_type),
+      functools.partial(train.optimizer_step, lambda _, tx=tx: tx),
+      mesh,
+      options,
+    )
+    zero = train.EpochTotals.zeros()
+    one = (params, tx.init(params), zero)
     many = parallel.replicate(one, mesh)
     for step in range(4):
-      *one, loss_one = one_step(*one, union[step % 2], max_atoms)
+      one = one_step(*one, union[step % 2], {}, one_blocks)
       batch = parallel.shard_batch(stacked[step % 2], mesh)
       assert batch.graphs.nodes.sharding.spec == jax.P(parallel.AXIS)
-      *many, loss_many = many_step(*many, batch, max_atoms)
-      np.testing.assert_allclose(loss_many, loss_one, rtol=1e-5)
+      many = many_step(*many, batch, {}, many_blocks)
+      np.testing.assert_allclose(many[2].loss_sum, one[2].loss_sum, rtol=1e-5)
       assert _max_params_difference(many[0], one[0]) < 1e-5, (task_type, step)
       # Optimizer state too: GraphSAM's moving average and perturbation.
       assert _max_params_difference(many[1], one[1]) < 1e-5, (task_type, step)
     for leaf in jax.tree.leaves(many):
       assert leaf.sharding.spec == jax.P(), leaf.sharding
       assert len(leaf.sharding.device_set) == DEVICES
-    clean = [graphsam_optax.eval_params(state, p) for p, state in (one, many)]
+    clean = [
+      graphsam_optax.eval_params(state, p) for p, state, _ in (one, many)
+    ]
     assert _max_params_difference(*clean) < 1e-5
-    print(f"checked {task_type}: loss {float(loss_many):.6f}")
+    print(f"checked {task_type}: loss sum {float(many[2].loss_sum):.6f}")
 
 
 @pytest.mark.slow
@@ -169,11 +179,7 @@ def test_device_batch_keeps_molecules_in_order(molecules):
   np.testing.assert_array_equal(mask, ~np.isnan(classes[idx]))
   np.testing.assert_array_equal(labels[mask], classes[idx][mask])
   # Each part is an ordinary padded batch of its molecules.
-  budget = input_pipeline.GraphsTupleSize(
-    n_node=batch.graphs.nodes.shape[1],
-    n_edge=batch.graphs.senders.shape[1],
-    n_graph=4,
-  )
+  budget = input_pipeline.shape_of(batch, budgets)
   single = input_pipeline.make_batch(graphs, classes, idx[:3], [budget])
   for x, y in zip(
     jax.tree.leaves(parts[0]), jax.tree.leaves(single), strict=True
@@ -199,8 +205,16 @@ def test_device_batch_errors(molecules):
     parallel.make_device_batch(graphs, classes, range(3), budgets, 4)
   with pytest.raises(ValueError, match="num_devices"):
     parallel.per_device_budgets(graphs.n_atoms, 4, 0)
-  small = input_pipeline.make_batch(graphs, classes, [0], budgets)
-  large = input_pipeline.make_batch(graphs, classes, [0], budgets[-1:])
+  size = budgets[0].block_size
+  small, large = (
+    input_pipeline.make_batch(
+      graphs,
+      classes,
+      [0],
+      [input_pipeline.BatchShape(nodes, 1024, 2, 1, size)],
+    )
+    for nodes in (64, 128)
+  )
   with pytest.raises(ValueError, match="padding budget"):
     parallel.stack_batches([small, large])
 
@@ -231,25 +245,27 @@ def test_train_batches_are_the_single_device_batches(molecules):
   ours = list(epoch_batches(epoch=1, seed=3, drop_last=True))
   theirs = list(data.train_batches(1, seed=3, drop_last=True))
   assert len(ours) == len(theirs) == 3
-  for (batch, max_atoms, count), single in zip(ours, theirs, strict=True):
+  budgets = parallel.per_device_budgets(graphs.n_atoms[split.train], 8, 1)
+  for (batch, blocks, count), single in zip(ours, theirs, strict=True):
     parts = parallel.unstack_batch(jax.device_get(batch))
     labels = np.concatenate([p.labels[p.graph_mask] for p in parts])
     np.testing.assert_array_equal(labels, single.labels[single.graph_mask])
     assert count == single.graph_mask.sum() == 8
-    assert max_atoms == parallel.block_size(jax.device_get(batch))
+    assert blocks == input_pipeline.shape_of(batch, budgets).blocks
 
 
-def test_fixed_shapes_give_one_budget_and_block(molecules):
+def test_single_shape_gives_one_shape(molecules):
   graphs, regression, _ = molecules
   dataset = types.SimpleNamespace(graphs=graphs, labels=regression)
   split = splits.Split(np.arange(40), np.arange(0), np.arange(0))
   data = input_pipeline.PreparedData(dataset, split, 8, (), None)
   epoch_batches = parallel.make_train_batches(
-    data, parallel.make_mesh(1), fixed=64
+    data, parallel.make_mesh(1), single_shape=True
   )
   shapes = {
-    (tuple(batch.graphs.senders.shape), max_atoms)
+    (tuple(batch.graphs.senders.shape), blocks)
     for epoch in range(3)
-    for batch, max_atoms, _ in epoch_batches(epoch)
+    for batch, blocks, _ in epoch_batches(epoch)
   }
-  assert len(shapes) == 1 and shapes.pop()[1] == 64
+  largest = parallel.per_device_budgets(graphs.n_atoms, 8, 1)[-1]
+  assert shapes == {((1, largest.n_edge), largest.blocks)}

@@ -61,23 +61,43 @@ def test_metrics_skip_single_class_tasks():
   assert train.rmse(labels, mask, labels + 2 * mask) == pytest.approx(2.0)
 
 
-def test_block_sizes():
-  sizes = [train.ladder(n) for n in (1, 16, 17, 90, 512, 513)]
-  assert sizes == [16, 16, 32, 128, 512, 640]
-  batch = synthetic.random_batches(0, 1, batch_size=4, mean_atoms=10)[0]
-  largest = int(batch.graphs.n_node[:4].max())
-  assert train.block_size(batch) == train.ladder(largest)
-  assert train.block_size(batch, fixed=64) == 64
-  with pytest.raises(ValueError, match="atoms"):
-    train.block_size(batch, fixed=largest - 1)
+def test_learning_rate_schedule_takes_arrays_and_matches_optax():
+  # The schedule's values may be tracers (hyperparameters as data); it is
+  # optax's linear warm-up joined to its exponential decay.
+  config = default.get_config("bbbp")
+  steps = 50
+  want = optax.join_schedules(
+    [
+      optax.linear_schedule(config.init_lr, config.max_lr, 100),
+      optax.exponential_decay(
+        config.max_lr,
+        transition_steps=1400,
+        decay_rate=config.final_lr / config.max_lr,
+        end_value=config.final_lr,
+      ),
+    ],
+    [100],
+  )
+  values = {f: jnp.float32(getattr(config, f)) for f in train.SCHEDULE_FIELDS}
+
+  @jax.jit
+  def traced(values, count):
+    return train.learning_rate_schedule(config, steps, values)(count)
+
+  counts = jnp.arange(0, 2000, 7)
+  np.testing.assert_allclose(
+    jax.vmap(lambda c: traced(values, c))(counts),
+    jax.vmap(want)(counts),
+    rtol=1e-6,
+  )
 
 
 class _Toy(nn.Module):
   """Mean atom features -> logits: a cheap stand-in for CoMPT's signature."""
 
   @nn.compact
-  def __call__(self, graphs, max_atoms):
-    del max_atoms
+  def __call__(self, graphs, blocks):
+    del blocks
     graph = jnp.repeat(
       jnp.arange(graphs.n_node.shape[0]),
       graphs.n_node,
@@ -87,24 +107,96 @@ class _Toy(nn.Module):
     return nn.Dense(1)(jnp.tanh(nn.Dense(4)(pooled)))
 
 
+def _toy_step(config, steps_per_epoch=3):
+  def make_tx(values):
+    return train.create_optimizer(config, steps_per_epoch, values)
+
+  step = train.make_train_step(
+    _Toy(), "classification", make_tx, compiler_options=train.FAST_COMPILE
+  )
+  return make_tx, step
+
+
+def _values(config):
+  return {
+    k: jnp.float32(v) for k, v in train.float_hyperparameters(config).items()
+  }
+
+
 @pytest.mark.parametrize("name", train.OPTIMIZERS)
 def test_each_registry_optimizer_runs_one_jitted_step(name):
   batch = synthetic.random_batches(1, 1, batch_size=4, mean_atoms=6)[0]
-  model = _Toy()
-  params = model.init(jax.random.key(0), batch.graphs, 16)["params"]
+  params = _Toy().init(jax.random.key(0), batch.graphs, None)["params"]
   config = default.get_config("bbbp").replace(optimizer=name)
-  tx = train.create_optimizer(config, steps_per_epoch=3)
-  step = train.make_train_step(
-    model, tx, "classification", compiler_options=train.FAST_COMPILE
+  make_tx, step = _toy_step(config)
+  values = _values(config)
+  state = jax.jit(lambda p, v: make_tx(v).init(p))(params, values)
+  new_params, state, totals = step(
+    params, state, train.EpochTotals.zeros(), batch, values, None
   )
-  state = jax.jit(tx.init)(params)
-  new_params, state, loss = step(params, state, batch, 16)
-  assert np.isfinite(loss)
+  assert np.isfinite(totals.loss_sum) and int(totals.steps) == 1
+  assert int(totals.first_nonfinite) == -1
   clean = graphsam_optax.eval_params(state, new_params)
   for before, after in zip(
     jax.tree.leaves(params), jax.tree.leaves(clean), strict=True
   ):
     assert np.all(np.isfinite(after)) and not np.array_equal(before, after)
+
+
+@pytest.mark.parametrize("name", ["adam", "sam", "graphsam"])
+def test_float_hyperparameters_are_arguments_not_constants(name):
+  # Three steps with the step built once and fed rho / beta / learning rates
+  # as arrays equal three steps of an optimizer built from the same values
+  # as Python floats; other values reuse the compiled step.
+  batches = synthetic.random_batches(2, 3, batch_size=4, mean_atoms=6)
+  params = _Toy().init(jax.random.key(0), batches[0].graphs, None)["params"]
+  base = default.get_config("bbbp").replace(optimizer=name)
+  make_tx, step = _toy_step(base)
+  loss_fn = train.make_loss_fn(_Toy(), "classification")
+  for overrides in ({"rho": 0.2, "beta": 0.9}, {"rho": 0.01, "beta": 0.5}):
+    hp = {
+      k: v
+      for k, v in overrides.items()
+      if k in graphsam_optax.optimizer_spec(train.registry_name(name)).defaults
+    }
+    config = base.replace(hyperparameters=hp, max_lr=3e-2, init_lr=1e-2)
+    values = _values(config)
+    # Committed like the training loop's, so every call sees one signature.
+    got_params, got_state, totals = jax.device_put(
+      (params, make_tx(values).init(params), train.EpochTotals.zeros())
+    )
+    tx = train.create_optimizer(config, 3)  # floats baked in
+    want_params, want_state = params, tx.init(params)
+    for batch in batches:
+      got_params, got_state, totals = step(
+        got_params, got_state, totals, batch, values, None
+      )
+      value_and_grad = jax.value_and_grad(
+        lambda p, batch=batch: loss_fn(p, batch, None)
+      )
+      grads = value_and_grad(want_params)[1]
+      updates, want_state = tx.update(
+        grads,
+        want_state,
+        want_params,
+        grad_fn=lambda p, v=value_and_grad: v(p)[1],
+      )
+      want_params = optax.apply_updates(want_params, updates)
+    for got, want in zip(
+      jax.tree.leaves(got_params), jax.tree.leaves(want_params), strict=True
+    ):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert step._cache_size() == 1
+
+
+def test_epoch_totals_record_the_first_nonfinite_loss():
+  totals = train.EpochTotals.zeros()
+  for loss in (1.0, 2.0, np.nan, np.inf, 3.0):
+    totals = totals.add(jnp.float32(loss))
+  assert int(totals.steps) == 5 and int(totals.first_nonfinite) == 2
+  assert np.isnan(totals.nonfinite_loss)
+  error = train.NonFiniteLossError(4, 3, float("nan"))
+  assert "epoch 4, step 3" in str(error) and "epoch 3" in str(error)
 
 
 def test_create_optimizer_rejects_bad_names_and_values():
@@ -142,15 +234,15 @@ def test_training_lowers_validation_rmse(tmp_path):
   data = train.prepare_data(config, cache_dir=synthetic.TEST_CACHE)
   fns = train.build(config, 1, "regression", data.steps_per_epoch())
   first = next(data.train_batches(0, config.seed))
-  blocks = lambda b: train.block_size(b, fixed=32)  # noqa: E731
-  params = jax.device_put(fns.init(config.seed, first.graphs, blocks(first)))
+  values = _values(config)
+  params, _ = fns.init(config.seed, first.graphs, values, data.blocks_of(first))
   untrained = train.evaluate(
     fns.predict,
     params,
     data.eval_batches("valid"),
     "regression",
     data.scaler,
-    blocks,
+    data.blocks_of,
   )
   # 0.82 on seed 0 since max_molecules samples its parts (issue 15).
   assert summary["best_valid_rmse"] < 0.9 * untrained["rmse"]
