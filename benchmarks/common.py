@@ -18,12 +18,23 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+# The first columns of every per-run table: header, cell of a summary_row.
+RUN_COLUMNS: tuple[tuple[str, Callable[[dict], object]], ...] = (
+  ("dataset", lambda r: r["dataset"]),
+  ("optimizer", lambda r: r["optimizer"]),
+  ("seed", lambda r: r["seed"]),
+  ("test", lambda r: f"{r['test']:.4f}"),
+  ("best valid", lambda r: f"{r['best_valid']:.4f}"),
+  ("best epoch", lambda r: r["best_epoch"]),
+  ("epochs", lambda r: r["epochs"]),
+)
 # What a finished run directory holds (train_and_evaluate writes
 # summary.json last).
 RUN_FILES = ("metrics.csv", "summary.json")
@@ -124,6 +135,22 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
   ]
   lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
   return "\n".join(lines)
+
+
+def runs_table(
+  rows: Iterable[dict], extra: Sequence[tuple[str, Callable[[dict], object]]]
+) -> str:
+  """One line per run: :data:`RUN_COLUMNS`, then the ``extra`` columns.
+
+  Args:
+    rows: :func:`summary_row` dicts, with whatever ``extra`` reads.
+    extra: ``(header, cell)`` pairs; ``cell(row)`` is written with ``str``.
+  """
+  columns = [*RUN_COLUMNS, *extra]
+  return markdown_table(
+    [header for header, _ in columns],
+    ([cell(row) for _, cell in columns] for row in rows),
+  )
 
 
 def load_run(run_dir: str | os.PathLike) -> dict:

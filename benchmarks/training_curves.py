@@ -88,34 +88,13 @@ def markdown(frame: pd.DataFrame, summary: pd.DataFrame, command: str) -> str:
       for row in summary.itertuples()
     ),
   )
-  runs = common.markdown_table(
+  runs = common.runs_table(
+    frame.to_dict("records"),
     [
-      "dataset",
-      "optimizer",
-      "seed",
-      "test",
-      "best valid",
-      "best epoch",
-      "epochs",
-      "median epoch (s)",
-      "median graphs/s",
-      "wall s / epoch",
+      ("median epoch (s)", lambda r: f"{r['median_epoch_s']:.1f}"),
+      ("median graphs/s", lambda r: f"{r['median_graphs_per_s']:.0f}"),
+      ("wall s / epoch", lambda r: f"{r['wall_s_per_epoch']:.1f}"),
     ],
-    (
-      (
-        row.dataset,
-        row.optimizer,
-        row.seed,
-        f"{row.test:.4f}",
-        f"{row.best_valid:.4f}",
-        row.best_epoch,
-        row.epochs,
-        f"{row.median_epoch_s:.1f}",
-        f"{row.median_graphs_per_s:.0f}",
-        f"{row.wall_s_per_epoch:.1f}",
-      )
-      for row in frame.itertuples()
-    ),
   )
   return "\n".join(
     [
