@@ -570,6 +570,10 @@ def main(argv=None) -> dict:
       tic = time.perf_counter()
       try:
         train_run(schedule, slot, path, args)
+      except run_dir.RunDirError as e:
+        raise SystemExit(
+          f"{tag}: {e} (for table1: pass a new first --runs root)"
+        ) from e
       except train.NonFiniteLossError as e:
         failed[slot_key(slot)] = {
           **slot,

@@ -324,6 +324,23 @@ def test_runs_found_under_other_roots_are_not_retrained_and_divergence_is_kept(
   assert [c[:4] for c in calls] == [("bbbp", "graphsam", {}, 2)]
 
 
+def test_a_run_directory_of_another_configuration_stops_the_grid_by_name(
+  tmp_path, capsys
+):
+  # A BBBP run where esol's would go; the real train_and_evaluate checks
+  # the directory before any work.
+  taken = tmp_path / "runs" / "paper_schedule" / "esol" / "adam" / "seed0"
+  shutil.copytree(PAPER / "bbbp" / "adam" / "seed0", taken)
+  with pytest.raises(SystemExit) as exit_info:
+    table1.main(
+      "--datasets esol --optimizers adam --seeds 0".split() + places(tmp_path)
+    )
+  message = str(exit_info.value)
+  assert message.startswith("[1/1] esol adam seed 0: ")
+  assert f"{taken} holds a run of another configuration" in message
+  assert "pass a new first --runs root" in message
+
+
 def test_rho_adds_a_cell_per_value_where_the_optimizer_has_one():
   args = table1.parse_args(
     table1.make_parser(),
