@@ -122,19 +122,14 @@ def _order(key: tuple) -> tuple:
   )
 
 
-def _median(values: list) -> float | None:
-  known = [v for v in values if v is not None]
-  return float(np.median(known)) if known else None
-
-
 def summarize_cells(runs: Sequence[dict], asked: Sequence[dict]) -> list:
   """One entry per cell asked or run, in table order.
 
   Each has the dataset, optimizer, hyperparameters, metric, the seeds
   asked and run, the test values by seed, their mean and sample std (None
   for fewer than two seeds), the median best and last epoch and the mean
-  wall time, training time and gradient passes per run (None where a run
-  does not know them).
+  wall time and gradient passes per run (None without runs, and passes
+  None where a run does not know them).
   """
   grouped: dict[tuple, dict] = {}
   for slot in asked:
@@ -159,16 +154,22 @@ def summarize_cells(runs: Sequence[dict], asked: Sequence[dict]) -> list:
       "test": values,
       "mean": None,
       "std": None,
+      "median_best_epoch": None,
+      "median_epochs": None,
+      "mean_wall_seconds": None,
+      "mean_gradient_passes": None,
     }
-    if values:
+    if members:
       mean, std = common.mean_std(values)
-      cell.update(mean=mean, std=None if math.isnan(std) else std)
-    for name in ("best_epoch", "epochs"):
-      cell[f"median_{name}"] = _median([r[name] for r in members])
-    for name in ("wall_seconds", "train_seconds", "gradient_passes"):
-      known = [r[name] for r in members if r[name] is not None]
-      complete = known and len(known) == len(members)
-      cell[f"mean_{name}"] = float(np.mean(known)) if complete else None
+      passes = [r["gradient_passes"] for r in members]
+      cell.update(
+        mean=mean,
+        std=None if math.isnan(std) else std,
+        median_best_epoch=float(np.median([r["best_epoch"] for r in members])),
+        median_epochs=float(np.median([r["epochs"] for r in members])),
+        mean_wall_seconds=float(np.mean([r["wall_seconds"] for r in members])),
+        mean_gradient_passes=None if None in passes else float(np.mean(passes)),
+      )
     cells.append(cell)
   return cells
 

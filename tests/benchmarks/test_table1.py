@@ -41,6 +41,14 @@ def metric_value(summary: dict) -> float:
   return summary[f"test_{summary['metric']}"]
 
 
+def gradient_passes(summary: dict, steps: int) -> float:
+  """Passes of a run: GraphSAM one more per epoch than Adam, SAM twice."""
+  optimizer = summary["optimizer"]
+  if optimizer == "graphsam":
+    return (steps + 1) * summary["epochs"]
+  return STEPS_PER_PASS[optimizer] * steps * summary["epochs"]
+
+
 def main(capsys, *argv) -> tuple[dict, str]:
   report = table1.main(list(argv))
   return report, capsys.readouterr().out
@@ -82,6 +90,14 @@ def test_cells_are_the_mean_and_sample_std_of_the_seeds(fixture_report):
     assert cell["mean"] == pytest.approx(values.mean())
     assert cell["std"] == pytest.approx(values.std(ddof=1))
     assert f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" in text
+    runs = list(seeds.values())
+    assert cell["mean_gradient_passes"] == pytest.approx(
+      np.mean([gradient_passes(*run) for run in runs])
+    )
+    assert cell["mean_wall_seconds"] == pytest.approx(
+      np.mean([summary["wall_seconds"] for summary, _ in runs])
+    )
+    assert cell["median_epochs"] == np.median([s["epochs"] for s, _ in runs])
   # bbbp GraphSAM: seed 2 was killed, so the cell is partial.
   assert "| GraphSAM | " in text and "(n=2 of 3)" in text
   assert cells[("bbbp", "graphsam")]["asked_seeds"] == [0, 1, 2]
@@ -123,14 +139,9 @@ def test_runs_carry_gradient_passes_and_the_grid_its_compute(fixture_report):
   for run in report["runs"]:
     cell = table1.report_lib.cell_name(run["optimizer"], run["hyperparameters"])
     summary, steps = expected[(run["dataset"], cell)][run["seed"]]
-    per_epoch = (
-      steps + 1
-      if run["optimizer"] == "graphsam"
-      else STEPS_PER_PASS[run["optimizer"]] * steps
-    )
     assert run["steps_per_epoch"] == steps
     assert run["gradient_passes"] == pytest.approx(
-      per_epoch * summary["epochs"]
+      gradient_passes(summary, steps)
     )
   walls = [
     s["wall_seconds"] for seeds in expected.values() for s, _ in seeds.values()
