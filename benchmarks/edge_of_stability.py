@@ -26,8 +26,8 @@ error against a cold, converged subspace iteration is below 0.6%.
 
 Run from the repository root::
 
-  python benchmarks/edge_of_stability.py             # full run, a few minutes
-  python benchmarks/edge_of_stability.py --smoke --out /tmp/eos
+  python -m benchmarks.edge_of_stability             # full run, a few minutes
+  python -m benchmarks.edge_of_stability --smoke --out /tmp/eos
 
 Writes ``edge_of_stability.json`` and ``edge_of_stability.png`` to ``--out``
 (default ``benchmarks/results``) and prints the median ``||H|| / edge`` over
@@ -36,10 +36,6 @@ the last quarter of training for every run.
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -49,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import common
 from graphsam_optax import sam
 from graphsam_optax import sharpness
 
@@ -269,18 +266,6 @@ def plot(runs: dict, lr: float, path: Path) -> None:
   plt.close(fig)
 
 
-def machine() -> dict:
-  return {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "python": platform.python_version(),
-    "jax": jax.__version__,
-    "optax": optax.__version__,
-    "device": str(jax.devices()[0]),
-  }
-
-
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=3000)
@@ -311,8 +296,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  command = shlex.join(["python", *sys.argv])
-  info = machine()
+  command = common.command("edge_of_stability", argv)
+  info = common.machine()
   print(f"command: {command}\nmachine: {info}")
   x, y, data = load_tpsa(args.molecules, args.seed)
   print(f"data: {data}")

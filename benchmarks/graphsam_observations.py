@@ -45,8 +45,8 @@ with the paper's learning-rate schedule) trained with SAM (``rho`` 0.05):
 Run from the repository root (``GRAPHSAM_DATA_DIR`` names the MoleculeNet
 CSVs)::
 
-  python benchmarks/graphsam_observations.py            # BBBP, 2 epochs
-  python benchmarks/graphsam_observations.py --smoke --out /tmp/obs
+  python -m benchmarks.graphsam_observations            # BBBP, 2 epochs
+  python -m benchmarks.graphsam_observations --smoke --out /tmp/obs
 
 Every batch is padded to one shape (``Config.fixed_shapes``) and molecules
 of more than ``--max-atoms`` (64) atoms are dropped (13 of BBBP's 2039):
@@ -65,10 +65,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -80,6 +76,7 @@ import numpy as np
 import optax
 
 import graphsam_optax
+from benchmarks import common
 from graphsam_optax import sharpness
 from models import input_pipeline
 from models import model as model_lib
@@ -501,19 +498,6 @@ def plot(history: dict, sharpness_values: dict, steps_per_epoch, path) -> None:
   plt.close(fig)
 
 
-def machine() -> dict:
-  return {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "load_average": os.getloadavg(),
-    "python": platform.python_version(),
-    "jax": jax.__version__,
-    "optax": optax.__version__,
-    "device": str(jax.devices()[0]),
-  }
-
-
 def _cell(value) -> str:
   return "" if value is None else f"{value:.4f}"
 
@@ -526,10 +510,7 @@ def markdown(result: dict) -> str:
     "# GraphSAM's observations on CoMPT",
     "",
     f"Command: `{result['command']}`  ",
-    f"Machine: {result['machine']['processor']}, "
-    f"{result['machine']['cpu_count']} CPUs (load average at start "
-    f"{result['machine']['load_average'][0]:.1f}), jax "
-    f"{result['machine']['jax']} on {result['machine']['device']}.  ",
+    f"Machine: {common.machine_line(result['machine'])}  ",
     f"Data: {cfg['dataset']}, random split seed {cfg['seed']}, batch "
     f"{cfg['batch_size']}, {result['steps_per_epoch']} steps per epoch, "
     f"{cfg['epochs']} epochs; model d_model {cfg['d_model']}, "
@@ -544,48 +525,70 @@ def markdown(result: dict) -> str:
     "cos(approximation, g_t) > 0; the paper's shares may use another "
     "definition.",
     "",
-    "| approximation | steps | cos > 0 | cos > 0.5 | mean cos | "
-    "cos > 0 by epoch | paper |",
-    "|---|---|---|---|---|---|---|",
-  ]
-  for name, s in obs["approximations"].items():
-    paper = f"{s['paper_share']:.1%}" if s["paper_share"] else ""
-    by_epoch = " / ".join(
-      f"{e['share_cos_positive']:.0%}" for e in s["per_epoch"]
-    )
-    lines.append(
-      f"| {name} | {s['steps']} | {s['share_cos_positive']:.1%} | "
-      f"{s['share_cos_above_half']:.1%} | {s['mean_cos']:.3f} | "
-      f"{by_epoch} | {paper} |"
-    )
-  lines += [
+    common.markdown_table(
+      [
+        "approximation",
+        "steps",
+        "cos > 0",
+        "cos > 0.5",
+        "mean cos",
+        "cos > 0 by epoch",
+        "paper",
+      ],
+      (
+        (
+          name,
+          s["steps"],
+          f"{s['share_cos_positive']:.1%}",
+          f"{s['share_cos_above_half']:.1%}",
+          f"{s['mean_cos']:.3f}",
+          " / ".join(f"{e['share_cos_positive']:.0%}" for e in s["per_epoch"]),
+          f"{s['paper_share']:.1%}" if s["paper_share"] else "",
+        )
+        for name, s in obs["approximations"].items()
+      ),
+    ),
     "",
     "## How fast the gradients change between steps",
     "",
-    "| quantity | mean | median | quartiles |",
-    "|---|---|---|---|",
-  ]
-  for name, s in obs["changes"].items():
-    low, high = s["quartiles"]
-    lines.append(
-      f"| {name} | {s['mean']:.4g} | {s['median']:.4g} | "
-      f"{low:.4g} .. {high:.4g} |"
-    )
-  lines += [
+    common.markdown_table(
+      ["quantity", "mean", "median", "quartiles"],
+      (
+        (
+          name,
+          f"{s['mean']:.4g}",
+          f"{s['median']:.4g}",
+          f"{s['quartiles'][0]:.4g} .. {s['quartiles'][1]:.4g}",
+        )
+        for name, s in obs["changes"].items()
+      ),
+    ),
     "",
     f"## Sharpness after {cfg['epochs']} epochs (‖H‖ of the loss on "
     f"{cfg['hessian_molecules']} training molecules, clean weights)",
     "",
-    "| weights | ‖H‖ | loss on the subset | power iterations | "
-    f"train loss (last epoch) | valid {result['metric']} |",
-    "|---|---|---|---|---|---|",
+    common.markdown_table(
+      [
+        "weights",
+        "‖H‖",
+        "loss on the subset",
+        "power iterations",
+        "train loss (last epoch)",
+        f"valid {result['metric']}",
+      ],
+      (
+        (
+          name,
+          f"{s['sharpness']:.4g}",
+          f"{s['loss']:.4f}",
+          f"{s['power_iterations']}{'' if s['converged'] else ' (cap)'}",
+          _cell(s.get("train_loss")),
+          _cell(s.get("valid_metric")),
+        )
+        for name, s in result["sharpness"].items()
+      ),
+    ),
   ]
-  for name, s in result["sharpness"].items():
-    lines.append(
-      f"| {name} | {s['sharpness']:.4g} | {s['loss']:.4f} | "
-      f"{s['power_iterations']}{'' if s['converged'] else ' (cap)'} | "
-      f"{_cell(s.get('train_loss'))} | {_cell(s.get('valid_metric'))} |"
-    )
   lines += ["", "## Reading", "", *reading(result), ""]
   lines += [f"![observations]({NAME}.png)", ""]
   return "\n".join(lines)
@@ -695,8 +698,8 @@ def make_config(args) -> default.Config:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   start = time.perf_counter()
-  command = shlex.join(["python", *sys.argv])
-  info = machine()
+  command = common.command("graphsam_observations", argv)
+  info = common.machine()
   print(f"command: {command}\nmachine: {info}")
   config = make_config(args)
   data = train.prepare_data(config, args.data_dir, args.cache_dir)

@@ -1,408 +1,393 @@
 """The paper's accuracy table: datasets x optimizers x seeds, resumable.
 
 Every run is one ``models.train.train_and_evaluate`` experiment with the
-paper's CoMPT set-up (reference notes §4: random 80/10/10 split by seed,
-batch 32, Adam with the warm-up and decay schedule, early stopping on the
-validation metric, the best validation checkpoint scored once on test), with
-the optimizer taken from the ``graphsam_optax`` registry ("adam" is Adam
-alone). Options shorten the schedule for CPU (``--epochs``, ``--patience``,
-``--warmup-epochs``, ``--lr-decay-epochs``, ``--max-molecules``); they are
-the run's *schedule*, recorded with it.
+paper's CoMPT set-up (``models.configs.default``, reference notes §4: a
+random 80/10/10 split per seed, batch 32, Adam with the warm-up and decay
+schedule, early stopping on the validation metric, the best validation
+checkpoint scored once on test), with the optimizer taken from the
+``graphsam_optax`` registry ("adam" is Adam alone). Options change the
+*schedule* (``--epochs``, ``--patience``, ``--warmup-epochs``,
+``--lr-decay-epochs``, ``--max-molecules``, ``--batch-size``, ``--config
+test``); ``--rho`` adds a cell per value for every optimizer that has a
+``rho`` (the registry default is the plain cell).
 
-Each finished run is appended as one JSON line to ``<out>/table1.jsonl`` and
-skipped when the same command is run again (same dataset, optimizer, seed
-and schedule); a run killed mid-way resumes after its last finished epoch
-from the orbax checkpoints under ``--workdir``. After every run the report
-is rewritten: ``table1.md`` (mean ± std over seeds per dataset and optimizer,
-best in bold, ROC-AUC higher is better and RMSE lower, the paper's reported
-numbers beside it) and ``table1.png``.
+All runs train one after another in this process, in the order dataset,
+seed, optimizer, so a grid cut short leaves whole seeds. Each run has its own
+directory under the first ``--runs`` root::
 
-Run from the repository root::
+  <root>/<schedule>/<dataset>/<optimizer>[-rho0.1]/seed<k>/
 
-  python benchmarks/table1.py                       # paper schedule, slow
-  python benchmarks/table1.py --datasets bbbp clintox esol \\
-    --optimizers adam sam graphsam --seeds 0 1 2 --epochs 5 --patience 5 \\
-    --warmup-epochs 1 --lr-decay-epochs 5           # short CPU schedule
-  python benchmarks/table1.py ... --report-only     # rewrite the report
+(``<schedule>`` is ``paper_schedule``, or the changed options, e.g.
+``epochs4-patience4-warmup1-decay4``). A run is never trained again once a
+finished run of the same configuration (``config.json`` and
+``summary.json``) is found under any ``--runs`` root, or is kept in the
+stored results; a killed run resumes from its checkpoints. A run whose loss
+diverges is recorded as such and not retried (``--retry-failed`` retries).
 
-The same command with ``--report-only`` rewrites the report from the JSONL.
+After every run the report is rewritten in ``--out``, named after the
+schedule (``table1_paper_schedule`` for the paper's):
 
-Every run trains in a fresh child process: XLA keeps every compiled step,
-and one process running many CoMPT runs on this 2-core, 24 GiB machine
-failed after about five of them (LLVM "Cannot allocate memory" while
-compiling the next). The persistent compilation cache (``--jax-cache``)
-lets each new process reuse the steps compiled before.
+* ``<stem>.json``: every finished run of the schedule as a compact record
+  (the run directories, with their checkpoints, are too big to commit), the
+  seeds asked by every command so far, the cells and the paired tests;
+* ``<stem>.md``: the table (mean ± std over seeds, partial cells marked),
+  the paper's numbers beside it, paired differences GraphSAM − SAM,
+  GraphSAM − Adam and SAM − Adam with paired t and Wilcoxon tests, wall time
+  and gradient passes per run, a computed reading, the ρ sweep;
+* ``<stem>.png`` and, with a sweep, ``<stem>_rho.png``.
+
+The report covers every run of the schedule found, not only this command's
+grid, so the ρ sweep is drawn against the main grid's Adam and SAM.
+
+Run from the repository root (``GRAPHSAM_DATA_DIR`` names the MoleculeNet
+CSVs)::
+
+  python -m benchmarks.table1 --datasets bbbp --seeds 0 1 2 3 4
+  python -m benchmarks.table1 --datasets clintox sider esol freesolv
+  python -m benchmarks.table1 --datasets bbbp esol --optimizers graphsam \\
+    --rho 0.01 0.02 0.1 0.2                   # the rho sweep
+  python -m benchmarks.table1 --report-only   # rewrite the report
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
-import multiprocessing
-import os
-import platform
-import shlex
-import sys
+import time
 import warnings
+from collections.abc import Callable
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+import graphsam_optax
+from benchmarks import common
+from benchmarks import table1_report as report_lib
+from models import datasets
+from models import input_pipeline
+from models import run_dir
+from models import train
+from models.configs import default
+from models.main import CONFIGS
 
 NAME = "table1"
-DATASETS = ("bbbp", "tox21", "sider", "clintox", "esol", "lipophilicity")
-# Display names, in the order of the table's rows.
-OPTIMIZER_LABELS = {
-  "adam": "Adam",
-  "sam": "SAM",
-  "asam": "ASAM",
-  "graphsam": "GraphSAM",
-  "graphsam_authors": "GraphSAM (authors' code)",
-  "sam_k": "SAM-k",
-  "sam_one": "SAM-One",
-  "looksam": "LookSAM",
-  "ae_sam": "AE-SAM",
-  "rst": "RST",
+# Config fields a command may change, with their words in schedule names.
+SCHEDULE_FIELDS = {
+  "epochs": "epochs",
+  "patience": "patience",
+  "warmup_epochs": "warmup",
+  "lr_decay_epochs": "decay",
+  "max_molecules": "mols",
+  "batch_size": "batch",
 }
-METRIC_LABELS = {"roc_auc": ("ROC-AUC", "max"), "rmse": ("RMSE", "min")}
-# The paper's reported test numbers (reference notes §5; marked (u) there:
-# from secondary summaries, unconfirmed against the PDF), as
-# {(dataset, optimizer): [(backbone, mean, std or None), ...]}.
-PAPER = {
-  ("bbbp", "sam"): [("CoMPT", 0.962, 0.033), ("GROVER", 0.926, None)],
-  ("bbbp", "graphsam"): [("CoMPT", 0.961, 0.012), ("GROVER", 0.928, None)],
-  ("bbbp", "sam_one"): [("CoMPT", 0.922, None)],
-  ("tox21", "sam"): [("GROVER", 0.840, None)],
-  ("tox21", "graphsam"): [("GROVER", 0.846, None)],
-  ("sider", "sam"): [("GROVER", 0.660, None)],
-  ("sider", "graphsam"): [("GROVER", 0.665, None)],
-  ("clintox", "sam"): [("GROVER", 0.872, None)],
-  ("clintox", "graphsam"): [("GROVER", 0.866, None)],
-  ("esol", "sam"): [("GROVER", 0.619, None)],
-  ("esol", "graphsam"): [("GROVER", 0.625, None)],
-}
-# Command-line options that change what a run computes: its schedule.
-SCHEDULE_OPTIONS = (
-  "config",
-  "epochs",
-  "patience",
-  "warmup_epochs",
-  "lr_decay_epochs",
-  "max_molecules",
-  "batch_size",
-)
+PAPER_SCHEDULE = "paper_schedule"
 
 
-def base_config(name: str, dataset: str):
-  """``models.configs.<name>.get_config(dataset)``."""
-  from models.configs import default
-  from models.configs import test
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """What every run of a report shares: a config module and its changes.
 
-  return {"default": default, "test": test}[name].get_config(dataset)
-
-
-def schedule_of(args: argparse.Namespace) -> dict:
-  """The options that define a run besides dataset, optimizer and seed."""
-  return {k: getattr(args, k) for k in SCHEDULE_OPTIONS}
-
-
-def run_config(schedule: dict, dataset: str, optimizer: str, seed: int):
-  """The training Config of one run of the grid."""
-  config = base_config(schedule["config"], dataset)
-  overrides = {
-    k: v for k, v in schedule.items() if k != "config" and v is not None
-  }
-  return config.replace(optimizer=optimizer, seed=seed, **overrides)
-
-
-def schedule_tag(schedule: dict) -> str:
-  """A short, stable name for a schedule (work directories)."""
-  text = json.dumps(schedule, sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def run_key(dataset: str, optimizer: str, seed: int, schedule: dict) -> str:
-  return json.dumps([dataset, optimizer, seed, schedule], sort_keys=True)
-
-
-def read_records(path: Path) -> list[dict]:
-  """The finished runs of a JSONL file (a torn last line is ignored)."""
-  if not path.exists():
-    return []
-  records = []
-  for line in path.read_text().splitlines():
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue
-  return records
-
-
-def record_key(record: dict) -> str:
-  return run_key(
-    record["dataset"], record["optimizer"], record["seed"], record["schedule"]
-  )
-
-
-def run_one(
-  dataset: str,
-  optimizer: str,
-  seed: int,
-  args: argparse.Namespace,
-  log,
-) -> dict:
-  """Trains one run of the grid; returns its JSONL record."""
-  from models import train
-
-  schedule = schedule_of(args)
-  config = run_config(schedule, dataset, optimizer, seed)
-  workdir = (
-    args.workdir / schedule_tag(schedule) / dataset / optimizer / f"s{seed}"
-  )
-  tag = f"[{dataset} {optimizer} seed {seed}]"
-  summary = train.train_and_evaluate(
-    config,
-    workdir,
-    data_dir=args.data_dir,
-    cache_dir=args.cache_dir,
-    progress=args.epoch_progress,
-    log=lambda line: log(f"{tag} {line}"),
-  )
-  metric = summary["metric"]
-  return {
-    "dataset": dataset,
-    "optimizer": optimizer,
-    "seed": seed,
-    "schedule": schedule,
-    "metric": metric,
-    "test": summary[f"test_{metric}"],
-    "best_valid": summary[f"best_valid_{metric}"],
-    "best_epoch": summary["best_epoch"],
-    "epochs": summary["epochs"],
-    "wall_seconds": summary["wall_seconds"],
-    "graphs_per_s": summary["graphs_per_s"],
-    "num_params": summary["num_params"],
-    "pid": os.getpid(),
-    "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-    "config": dataclasses.asdict(config),
-  }
-
-
-def aggregate(records: Sequence[dict]) -> dict:
-  """``{(dataset, optimizer): {"metric", "values", "mean", "std"}}``.
-
-  ``std`` is the sample standard deviation (ddof 1; NaN for one seed).
+  Attributes:
+    config: ``"default"`` (the paper's set-up) or ``"test"`` (tiny).
+    changes: ``(field, value)`` pairs of :data:`SCHEDULE_FIELDS` that differ
+      from the config module's values (which are the same for every
+      dataset).
   """
-  cells = {}
-  for r in records:
-    cell = cells.setdefault(
-      (r["dataset"], r["optimizer"]), {"metric": r["metric"], "values": []}
+
+  config: str
+  changes: tuple[tuple[str, float], ...]
+
+  @classmethod
+  def from_args(cls, args: argparse.Namespace) -> Schedule:
+    reference = CONFIGS[args.config]("bbbp")
+    changes = tuple(
+      (field, getattr(args, field))
+      for field in SCHEDULE_FIELDS
+      if getattr(args, field) is not None
+      and getattr(args, field) != getattr(reference, field)
     )
-    cell["values"].append(r["test"])
-  for cell in cells.values():
-    values = np.asarray(cell["values"], float)
-    cell["mean"] = float(np.mean(values))
-    cell["std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-  return cells
+    return cls(args.config, changes)
 
+  @property
+  def tag(self) -> str:
+    """``paper_schedule``, or the config and changes, e.g. ``test-epochs1``."""
+    words = [] if self.config == "default" else [self.config]
+    words += [f"{SCHEDULE_FIELDS[k]}{v:g}" for k, v in self.changes]
+    return "-".join(words) or PAPER_SCHEDULE
 
-def metric_of(dataset: str) -> str:
-  """``"roc_auc"`` or ``"rmse"``, from the dataset registry."""
-  from models import datasets
+  @property
+  def stem(self) -> str:
+    return f"{NAME}_{self.tag}"
 
-  return datasets.get_spec(dataset).metric
-
-
-def best_optimizers(cells: dict, dataset: str) -> set[str]:
-  """Optimizers with the best mean on ``dataset`` (ties all count)."""
-  means = {o: c["mean"] for (d, o), c in cells.items() if d == dataset}
-  if not means:
-    return set()
-  direction = METRIC_LABELS[metric_of(dataset)][1]
-  best = max(means.values()) if direction == "max" else min(means.values())
-  return {o for o, m in means.items() if m == best}
-
-
-def _format(mean: float, std: float | None) -> str:
-  if std is None or math.isnan(std):
-    return f"{mean:.3f}"
-  return f"{mean:.3f} ± {std:.3f}"
-
-
-def markdown_table(
-  cells: dict,
-  datasets: Sequence[str],
-  optimizers: Sequence[str],
-  num_seeds: int,
-) -> str:
-  """Rows optimizers, columns datasets; best mean per column in bold."""
-  header = ["Optimizer"]
-  for d in datasets:
-    label, direction = METRIC_LABELS[metric_of(d)]
-    header.append(f"{d} ({label} {'↑' if direction == 'max' else '↓'})")
-  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-  best = {d: best_optimizers(cells, d) for d in datasets}
-  for o in optimizers:
-    row = [OPTIMIZER_LABELS.get(o, o)]
-    for d in datasets:
-      cell = cells.get((d, o))
-      if cell is None:
-        row.append("—")
-        continue
-      text = _format(cell["mean"], cell["std"])
-      if o in best[d]:
-        text = f"**{text}**"
-      if len(cell["values"]) != num_seeds:
-        text += f" (n={len(cell['values'])})"
-      row.append(text)
-    lines.append("| " + " | ".join(row) + " |")
-  return "\n".join(lines)
-
-
-def paper_table(datasets: Sequence[str], optimizers: Sequence[str]) -> str:
-  """The paper's numbers in the same shape ("—" where it gives none)."""
-  header = ["Optimizer", *datasets]
-  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-  for o in optimizers:
-    row = [OPTIMIZER_LABELS.get(o, o)]
-    for d in datasets:
-      entries = PAPER.get((d, o), [])
-      row.append(
-        "; ".join(f"{_format(m, s)} ({b})" for b, m, s in entries) or "—"
+  def config_for(self, slot: dict) -> default.Config:
+    """The training Config of a run (a slot: dataset, optimizer, ...)."""
+    return (
+      CONFIGS[self.config](slot["dataset"])
+      .replace(**dict(self.changes))
+      .replace(
+        optimizer=slot["optimizer"],
+        hyperparameters=dict(slot["hyperparameters"]),
+        seed=slot["seed"],
       )
-    lines.append("| " + " | ".join(row) + " |")
-  return "\n".join(lines)
-
-
-def runs_table(records: Sequence[dict]) -> str:
-  header = (
-    "| dataset | optimizer | seed | test | best valid | best epoch | "
-    "epochs | minutes | graphs/s |"
-  )
-  lines = [header, "|---" * 9 + "|"]
-  for r in sorted(
-    records, key=lambda r: (r["dataset"], r["optimizer"], r["seed"])
-  ):
-    lines.append(
-      f"| {r['dataset']} | {r['optimizer']} | {r['seed']} | {r['test']:.4f} "
-      f"| {r['best_valid']:.4f} | {r['best_epoch']} | {r['epochs']} | "
-      f"{r['wall_seconds'] / 60:.1f} | {r['graphs_per_s']:.0f} |"
     )
-  return "\n".join(lines)
 
+  @property
+  def name(self) -> str:
+    """``the paper's schedule`` or ``schedule <tag>``."""
+    if self.tag == PAPER_SCHEDULE:
+      return "the paper's schedule"
+    return f"schedule {self.tag}"
 
-def plot(cells: dict, datasets, optimizers, records, path: Path) -> None:
-  """One panel per dataset: mean ± std bars, seeds as dots, paper as x."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  shown = [d for d in datasets if any((d, o) in cells for o in optimizers)]
-  fig, axes = plt.subplots(
-    1, max(len(shown), 1), figsize=(3.2 * max(len(shown), 1), 3.4)
-  )
-  axes = np.atleast_1d(axes)
-  x = np.arange(len(optimizers))
-  for ax, d in zip(axes, shown, strict=False):
-    metric = metric_of(d)
-    means = [cells.get((d, o), {}).get("mean", np.nan) for o in optimizers]
-    stds = [cells.get((d, o), {}).get("std", np.nan) for o in optimizers]
-    ax.bar(x, means, yerr=np.nan_to_num(stds), color="#9bb7d4", capsize=3)
-    for i, o in enumerate(optimizers):
-      seeds = [
-        r["test"] for r in records if r["dataset"] == d and r["optimizer"] == o
-      ]
-      ax.plot([i] * len(seeds), seeds, "k.", markersize=4)
-      for _, m, _ in PAPER.get((d, o), []):
-        ax.plot(i, m, "rx", markersize=6)
-    finite = [
-      v
-      for v in [*means, *(r["test"] for r in records if r["dataset"] == d)]
-      if np.isfinite(v)
-    ]
-    if finite:
-      low, high = min(finite), max(finite)
-      pad = 0.15 * (high - low) + 0.01
-      ax.set_ylim(low - pad, high + pad)
-    label, direction = METRIC_LABELS[metric]
-    ax.set_title(
-      f"{d} ({label}, {'higher' if direction == 'max' else 'lower'})"
+  def describe(self) -> str:
+    """The schedule's training set-up in words."""
+    c = self.config_for(
+      {"dataset": "bbbp", "optimizer": "adam", "hyperparameters": {}, "seed": 0}
     )
-    ax.set_xticks(x, [OPTIMIZER_LABELS.get(o, o) for o in optimizers])
-    ax.tick_params(axis="x", rotation=30)
-  fig.suptitle("Test metric: mean ± std over seeds (dots: seeds, x: paper)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    sizes = "/".join(f"{100 * s:g}" for s in c.split_sizes)
+    subset = (
+      f", at most {c.max_molecules} molecules per split part"
+      if c.max_molecules
+      else ""
+    )
+    return (
+      f"models.configs.{self.config}: {c.split} {sizes} split per seed, "
+      f"batch {c.batch_size}, learning rate warmed up over "
+      f"{c.warmup_epochs:g} epochs and decayed until epoch "
+      f"{c.lr_decay_epochs:g}, up to {c.epochs} epochs, early stop after "
+      f"{c.patience} without validation improvement{subset}"
+    )
 
 
-def write_report(args, records: Sequence[dict], command: str) -> str:
-  """Writes table1.md and table1.png for the current schedule's runs."""
-  schedule = schedule_of(args)
-  mine = [r for r in records if r["schedule"] == schedule]
-  wanted = {
-    run_key(d, o, s, schedule)
-    for d in args.datasets
-    for o in args.optimizers
-    for s in args.seeds
+def slot_key(entry: dict) -> tuple:
+  """A run's identity in a schedule: its cell and seed."""
+  return (*report_lib.cell_key(entry), entry["seed"])
+
+
+def _describe(entry: dict) -> str:
+  name = report_lib.cell_name(entry["optimizer"], entry["hyperparameters"])
+  return f"{entry['dataset']} {name} seed {entry['seed']}"
+
+
+def overrides(config: default.Config) -> dict:
+  """The config's hyperparameters that differ from the registry's."""
+  defaults = graphsam_optax.optimizer_spec(
+    train.registry_name(config.optimizer)
+  ).defaults
+  return {
+    k: v for k, v in config.hyperparameters.items() if defaults.get(k) != v
   }
-  mine = [r for r in mine if record_key(r) in wanted]
-  cells = aggregate(mine)
-  table = markdown_table(cells, args.datasets, args.optimizers, len(args.seeds))
-  total = len(args.datasets) * len(args.optimizers) * len(args.seeds)
-  text = "\n".join(
-    [
-      "# Table 1: test metric, mean ± std over seeds",
-      "",
-      f"Command: `{command}`",
-      "",
-      f"Schedule: `{json.dumps(schedule)}`; runs finished: {len(mine)} of "
-      f"{total}; written {datetime.datetime.now().isoformat('T', 'seconds')} "
-      f"on {platform.node() or 'this machine'} ({os.cpu_count()} CPUs).",
-      "",
-      "Best mean per dataset in bold (ROC-AUC higher, RMSE lower; ESOL RMSE "
-      "in log mol/L). Std is over seeds (ddof 1); (n=k) marks cells with "
-      "fewer seeds than asked.",
-      "",
-      table,
-      "",
-      "## The paper's reported numbers",
-      "",
-      "From the reference notes §5 (secondary summaries, unconfirmed against "
-      "the PDF). The paper's CoMPT table is only known for BBBP; the other "
-      "numbers are its GROVER (no pre-training) runs, a different backbone, "
-      "for scale only.",
-      "",
-      paper_table(args.datasets, args.optimizers),
-      "",
-      "## Runs",
-      "",
-      runs_table(mine),
-      "",
+
+
+def grid(args: argparse.Namespace) -> list[dict]:
+  """This command's runs (slots) in training order."""
+  cells = []
+  for optimizer in args.optimizers:
+    defaults = graphsam_optax.optimizer_spec(
+      train.registry_name(optimizer)
+    ).defaults
+    values = args.rho if args.rho and "rho" in defaults else [None]
+    cells += [
+      (optimizer, {} if v in (None, defaults.get("rho")) else {"rho": v})
+      for v in values
     ]
+  return list(
+    {
+      slot_key(slot): slot
+      for slot in (
+        {
+          "dataset": dataset,
+          "optimizer": optimizer,
+          "hyperparameters": hyperparameters,
+          "seed": seed,
+        }
+        for dataset in args.datasets
+        for seed in args.seeds
+        for optimizer, hyperparameters in cells
+      )
+    }.values()
   )
-  args.out.mkdir(parents=True, exist_ok=True)
-  (args.out / f"{NAME}.md").write_text(text)
-  if cells:
-    plot(cells, args.datasets, args.optimizers, mine, args.out / f"{NAME}.png")
-  return table
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  from models import train
+def run_path(root: Path, schedule: Schedule, slot: dict) -> Path:
+  cell = report_lib.cell_name(slot["optimizer"], slot["hyperparameters"])
+  return root / schedule.tag / slot["dataset"] / cell / f"seed{slot['seed']}"
 
+
+def canonical(config: dict) -> dict:
+  """A ``config.json`` as compared between runs.
+
+  Missing fields take the Config defaults (as ``models.run_dir.check``
+  does) and the optimizer's hyperparameters are the effective ones
+  (registry defaults merged), so ``{"rho": 0.05}`` equals ``{}``.
+  """
+  parsed = run_dir.config_from_record(config)
+  record = dataclasses.asdict(parsed)
+  record["hyperparameters"] = train.optimizer_hyperparameters(parsed)
+  return json.loads(json.dumps(record, default=repr))
+
+
+def _differences(found: dict, wanted: dict) -> str:
+  return "; ".join(
+    f"{k} {json.dumps(found.get(k))} there, {json.dumps(wanted.get(k))} here"
+    for k in sorted(set(found) | set(wanted))
+    if found.get(k) != wanted.get(k)
+  )
+
+
+def mismatch(entry: dict, schedule: Schedule) -> str | None:
+  """Why a run record or failure is not of ``schedule`` (None: it is)."""
+  if entry["dataset"] not in default.MODEL_SIZES:
+    return f"dataset {entry['dataset']} has no configuration of its own"
+  try:
+    found = canonical(entry["config"])
+  except ValueError as e:  # e.g. an optimizer no longer in the registry
+    return str(e)
+  wanted = canonical(dataclasses.asdict(schedule.config_for(entry)))
+  return None if found == wanted else _differences(found, wanted)
+
+
+def read_run(path: Path) -> dict:
+  """The compact record of a finished run directory.
+
+  Steps per epoch come from the run's ``split.json`` (None without one);
+  gradient passes are the registry's expected passes per step times steps
+  per epoch times epochs trained (None where data dependent).
+  """
+  run = common.load_run(path)
+  summary, config = run["summary"], run["config"]
+  parsed = run_dir.config_from_record(config)
+  steps = None
+  if (path / run_dir.SPLIT).exists():
+    train_rows = json.loads((path / run_dir.SPLIT).read_text())["train"]
+    steps = input_pipeline.num_batches(
+      len(train_rows), parsed.batch_size, parsed.drop_last
+    )
+  per_step = None
+  if steps:
+    per_step = graphsam_optax.optimizer_spec(
+      train.registry_name(parsed.optimizer)
+    ).mean_passes(train.optimizer_hyperparameters(parsed), steps)
+  return {
+    **common.summary_row(summary),
+    "hyperparameters": overrides(parsed),
+    "train_seconds": float(run["metrics"]["train_seconds"].sum()),
+    "graphs_per_s": summary["graphs_per_s"],
+    "compile_seconds": summary.get("compile_seconds"),
+    "steps_per_epoch": steps,
+    "gradient_passes": None
+    if per_step is None
+    else per_step * steps * summary["epochs"],
+    "num_params": summary["num_params"],
+    "run": str(path),
+    "config": config,
+  }
+
+
+def collect(
+  roots: Sequence[Path],
+  stored: Sequence[dict],
+  schedule: Schedule,
+  log: Callable[[str], None],
+) -> tuple[dict, list[Path]]:
+  """The schedule's finished runs by slot key, and the unfinished dirs.
+
+  Run directories under ``roots`` come first (in root order), then the
+  stored records no directory replaces. Stored records of another
+  configuration are dropped, and said so.
+  """
+  finished, unfinished = common.find_runs(roots)
+  runs, others = {}, 0
+  for path in finished:
+    try:
+      record = read_run(path)
+    except (OSError, ValueError, KeyError) as e:
+      log(f"skipping {path}: cannot read it ({type(e).__name__}: {e})")
+      continue
+    if mismatch(record, schedule) is None:
+      runs.setdefault(slot_key(record), record)
+    else:
+      others += 1
+  if others:
+    log(
+      f"{others} finished runs under {', '.join(map(str, roots))} are of "
+      "other configurations (not in this report)"
+    )
+  for record in stored:
+    why = mismatch(record, schedule)
+    if why is None:
+      runs.setdefault(slot_key(record), record)
+    else:
+      log(f"dropping the stored run {_describe(record)}: {why}")
+  return runs, unfinished
+
+
+def read_store(path: Path) -> dict:
+  """The stored results of a schedule (empty when there are none yet).
+
+  Raises:
+    ValueError: the file cannot be read; says what to do.
+  """
+  if not path.exists():
+    return {"asked": [], "runs": [], "failed": []}
+  try:
+    stored = json.loads(path.read_text())
+    return {key: stored[key] for key in ("asked", "runs", "failed")}
+  except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ValueError(
+      f"cannot read the stored results {path} ({type(e).__name__}: {e}); "
+      f"restore it (git checkout -- {path}) or move it away to start the "
+      "report afresh"
+    ) from e
+
+
+def _finite(value):
+  """``value`` with NaN and infinities as None (standard JSON)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  return value
+
+
+def write_store(path: Path, report: dict) -> None:
+  """The report as JSON, one line per run, cell or pair (readable diffs)."""
+  parts = []
+  for key, value in _finite(report).items():
+    if isinstance(value, list):
+      items = ",\n".join(f"  {json.dumps(v)}" for v in value)
+      parts.append(f" {json.dumps(key)}: [\n{items}\n ]")
+    else:
+      parts.append(f" {json.dumps(key)}: {json.dumps(value)}")
+  run_dir.write_text(path, "{\n" + ",\n".join(parts) + "\n}\n")
+
+
+def _positive(kind):
+  def parse(text: str):
+    value = kind(text)
+    if not value > 0:
+      raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+  parse.__name__ = kind.__name__
+  return parse
+
+
+def make_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
+    prog=f"python -m benchmarks.{NAME}",
     description=__doc__.split("\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   parser.add_argument(
-    "--datasets", nargs="+", default=list(DATASETS), metavar="NAME"
+    "--datasets",
+    nargs="+",
+    choices=list(default.MODEL_SIZES),
+    metavar="NAME",
+    help=f"of {', '.join(default.MODEL_SIZES)} (needed unless --report-only)",
   )
   parser.add_argument(
     "--optimizers",
@@ -412,36 +397,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     metavar="NAME",
     help=f"of {', '.join(train.OPTIMIZERS)} (default adam sam graphsam)",
   )
-  parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+  parser.add_argument(
+    "--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K"
+  )
+  parser.add_argument(
+    "--rho",
+    nargs="+",
+    type=_positive(float),
+    metavar="R",
+    help="a cell per value for each optimizer with a rho (the sweep)",
+  )
   parser.add_argument(
     "--config",
-    choices=("default", "test"),
+    choices=sorted(CONFIGS),
     default="default",
     help="models.configs module: the paper's set-up or the tiny test one",
   )
   schedule = parser.add_argument_group(
-    "schedule (passed to the training config; unset: the config's value)"
+    "schedule (changes the training config; unset: the config's value)"
   )
-  schedule.add_argument("--epochs", type=int)
-  schedule.add_argument("--patience", type=int)
-  schedule.add_argument("--warmup-epochs", type=float)
-  schedule.add_argument("--lr-decay-epochs", type=float)
-  schedule.add_argument("--max-molecules", type=int)
-  schedule.add_argument("--batch-size", type=int)
-  parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+  for field in SCHEDULE_FIELDS:
+    kind = float if field.endswith("_epochs") else int
+    schedule.add_argument(
+      f"--{field.replace('_', '-')}", type=_positive(kind), dest=field
+    )
   parser.add_argument(
-    "--workdir",
+    "--runs",
+    nargs="+",
     type=Path,
-    default=Path("/tmp/graphsam-table1"),
-    help="per-run checkpoints (resume a killed run)",
+    default=[Path("runs/table1")],
+    metavar="DIR",
+    help="run roots: new runs go to the first; all are searched for "
+    "finished runs of the schedule (default runs/table1)",
+  )
+  parser.add_argument(
+    "--out",
+    type=Path,
+    default=Path("benchmarks/results"),
+    help="report directory (default benchmarks/results)",
   )
   parser.add_argument("--data-dir", help="MoleculeNet CSVs")
   parser.add_argument("--cache-dir", help="downloads and featurized molecules")
   parser.add_argument(
-    "--jax-cache",
-    default="",
-    help="persistent XLA compilation cache (default <workdir>/jax_cache; "
-    "'none' disables): seeds after the first reuse the compiled steps",
+    "--compile-cache",
+    help="persistent XLA compilation cache (default <first root>/"
+    "compile_cache; 'none' disables)",
   )
   parser.add_argument(
     "--epoch-progress", action="store_true", help="a bar per epoch too"
@@ -449,89 +449,153 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument(
     "--report-only", action="store_true", help="rewrite the report, train none"
   )
+  parser.add_argument(
+    "--retry-failed",
+    action="store_true",
+    help="train again the runs of this grid that diverged before",
+  )
+  return parser
+
+
+def parse_args(parser, argv=None) -> argparse.Namespace:
   args = parser.parse_args(argv)
-  unknown = sorted(set(args.datasets) - set(base_datasets()))
-  if unknown:
-    parser.error(f"unknown dataset(s) {unknown}; known: {base_datasets()}")
+  if args.datasets is None and not args.report_only:
+    parser.error(
+      "argument --datasets: name the datasets to train (or pass "
+      "--report-only to rewrite the report)"
+    )
+  negative = [s for s in args.seeds if s < 0]
+  if negative:
+    parser.error(f"argument --seeds: seeds must be >= 0, got {negative}")
+  if args.rho and not any(
+    "rho" in graphsam_optax.optimizer_spec(train.registry_name(o)).defaults
+    for o in args.optimizers
+  ):
+    parser.error(
+      f"argument --rho: none of --optimizers {' '.join(args.optimizers)} "
+      "has a rho; add one that does (e.g. graphsam)"
+    )
+  for name in ("datasets", "optimizers", "seeds", "rho"):
+    if getattr(args, name):
+      setattr(args, name, list(dict.fromkeys(getattr(args, name))))
+  args.datasets = args.datasets or []
   return args
 
 
-def base_datasets() -> list[str]:
-  from models.configs import default
-
-  return list(default.MODEL_SIZES)
-
-
-def run_in_child(
-  dataset: str, optimizer: str, seed: int, args: argparse.Namespace
-) -> dict:
-  """``run_one`` as the whole life of a fresh process (see the docstring)."""
-  import jax
-
-  from models import datasets
-
-  jax_cache = args.jax_cache or str(args.workdir / "jax_cache")
-  if jax_cache != "none":
-    jax.config.update("jax_compilation_cache_dir", jax_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+def train_run(schedule: Schedule, slot: dict, path: Path, args) -> None:
+  """Trains (or resumes) one run into ``path``."""
+  prefix = f"  [{_describe(slot)}]"
   with warnings.catch_warnings():
-    # Every load of BBBP reports the same 11 unparseable SMILES.
+    # The same unparseable and repeated SMILES at every load of a dataset;
+    # each run directory records them (data.json, dropped_rows.csv).
     warnings.simplefilter("ignore", datasets.InvalidSmilesWarning)
-    return run_one(
-      dataset, optimizer, seed, args, lambda line: print(line, flush=True)
+    warnings.simplefilter("ignore", datasets.DuplicateSmilesWarning)
+    train.train_and_evaluate(
+      schedule.config_for(slot),
+      path,
+      data_dir=args.data_dir,
+      cache_dir=args.cache_dir,
+      progress=args.epoch_progress,
+      log=lambda line: print(f"{prefix} {line}", flush=True),
     )
 
 
-def main(argv=None) -> list[dict]:
-  import jax
-  import tqdm
+def _minutes(seconds: float) -> str:
+  return f"{seconds / 60:.1f} min"
 
-  args = parse_args(argv)
-  argv = sys.argv[1:] if argv is None else list(argv)
-  command = shlex.join(["python", "benchmarks/table1.py", *argv])
-  print(f"command: {command}")
+
+def main(argv=None) -> dict:
+  parser = make_parser()
+  args = parse_args(parser, argv)
+  command = common.command(NAME, argv)
+  info = common.machine()
+  print(f"command: {command}\nmachine: {info}", flush=True)
+  schedule = Schedule.from_args(args)
+  store_path = args.out / f"{schedule.stem}.json"
+  try:
+    stored = read_store(store_path)
+  except ValueError as e:
+    parser.error(f"argument --out: {e}")
+  runs, unfinished = collect(args.runs, stored["runs"], schedule, print)
+  failed = {
+    slot_key(f): f for f in stored["failed"] if mismatch(f, schedule) is None
+  }
+  slots = grid(args)
+  if args.retry_failed:
+    for slot in slots:
+      failed.pop(slot_key(slot), None)
+  asked = {slot_key(s): s for s in [*stored["asked"], *slots]}
+  done = runs.keys() | failed.keys()
+  todo = [s for s in slots if slot_key(s) not in done]
+  own = {run_path(args.runs[0], schedule, s) for s in todo}
+  for path in unfinished:
+    if path not in own:
+      print(f"skipping the unfinished run {path} (no summary.json)")
   print(
-    f"machine: {platform.platform()}, {os.cpu_count()} CPUs, "
-    f"jax {jax.__version__}, load average {os.getloadavg()}"
+    f"{schedule.name} ({schedule.describe()}): {len(slots) - len(todo)} of "
+    f"this command's {len(slots)} runs done or diverged, {len(todo)} to "
+    f"train{' (not with --report-only)' if args.report_only else ''}; "
+    f"{len(runs)} finished runs of the schedule found",
+    flush=True,
   )
-  jsonl = args.out / f"{NAME}.jsonl"
-  records = read_records(jsonl)
-  schedule = schedule_of(args)
-  done = {record_key(r) for r in records}
-  todo = [
-    (d, o, s)
-    for s in args.seeds
-    for d in args.datasets
-    for o in args.optimizers
-    if run_key(d, o, s, schedule) not in done
-  ]
-  total = len(args.datasets) * len(args.optimizers) * len(args.seeds)
-  print(f"schedule {schedule}: {total - len(todo)} of {total} runs done")
-  if not args.report_only and todo:
-    args.out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm.tqdm(total=total, initial=total - len(todo), desc="runs")
-    # spawn, not fork: the parent has JAX loaded, and fork with JAX's
-    # threads is unsafe.
-    with concurrent.futures.ProcessPoolExecutor(
-      max_workers=1,
-      mp_context=multiprocessing.get_context("spawn"),
-      max_tasks_per_child=1,
-    ) as pool:
-      for dataset, optimizer, seed in todo:
-        bar.set_postfix_str(f"{dataset} {optimizer} seed {seed}")
-        record = pool.submit(
-          run_in_child, dataset, optimizer, seed, args
-        ).result()
-        with open(jsonl, "a") as f:
-          f.write(json.dumps(record) + "\n")
-        records.append(record)
-        write_report(args, records, command)
-        bar.update()
-    bar.close()
-  table = write_report(args, records, command)
-  print(table)
-  print(f"wrote {args.out / NAME}.md and .png")
-  return records
+  args.out.mkdir(parents=True, exist_ok=True)
+
+  def rewrite_report() -> dict:
+    report = report_lib.build(
+      sorted(runs.values(), key=slot_key),
+      list(asked.values()),
+      list(failed.values()),
+      stem=schedule.stem,
+      schedule_name=schedule.name,
+      schedule_text=schedule.describe(),
+      command=command,
+      machine=info,
+      written=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+    paths = report_lib.write(report, args.out)
+    write_store(
+      store_path, {"schedule": dataclasses.asdict(schedule), **report}
+    )
+    return {**report, "paths": [store_path, *paths]}
+
+  report = rewrite_report()
+  if todo and not args.report_only:
+    cache = args.compile_cache or str(args.runs[0] / "compile_cache")
+    common.enable_compile_cache(None if cache == "none" else cache)
+    start = time.perf_counter()
+    for i, slot in enumerate(todo, 1):
+      path = run_path(args.runs[0], schedule, slot)
+      tag = f"[{i}/{len(todo)}] {_describe(slot)}"
+      print(f"{tag}: training in {path}", flush=True)
+      tic = time.perf_counter()
+      try:
+        train_run(schedule, slot, path, args)
+      except run_dir.RunDirError as e:
+        raise SystemExit(
+          f"{tag}: {e} (for table1: pass a new first --runs root)"
+        ) from e
+      except train.NonFiniteLossError as e:
+        failed[slot_key(slot)] = {
+          **slot,
+          "config": dataclasses.asdict(schedule.config_for(slot)),
+          "error": str(e),
+        }
+        outcome = f"diverged ({e})"
+      else:
+        runs[slot_key(slot)] = record = read_run(path)
+        outcome = (
+          f"test {record['metric']} {record['test']:.4f} after "
+          f"{record['epochs']} epochs (best {record['best_epoch']})"
+        )
+      print(
+        f"{tag}: {outcome}, {_minutes(time.perf_counter() - tic)}; "
+        f"{_minutes(time.perf_counter() - start)} since the first run",
+        flush=True,
+      )
+      report = rewrite_report()
+  print(report_lib.main_table(report["cells"]))
+  print(f"wrote {', '.join(map(str, report['paths']))}")
+  return report
 
 
 if __name__ == "__main__":

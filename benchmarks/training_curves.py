@@ -19,7 +19,7 @@ Run from the repository root, e.g. for issue #5's BBBP runs::
     graphsam-train --dataset bbbp --optimizer $opt --seed $seed \\
       --out runs/bbbp-$opt-s$seed
   done; done
-  python benchmarks/training_curves.py runs/bbbp-* \\
+  python -m benchmarks.training_curves runs/bbbp-* \\
     --out benchmarks/results/bbbp_paper_schedule
 
 which writes ``<out>.md`` (both tables, with the command) and ``<out>.png``.
@@ -29,35 +29,16 @@ Unfinished runs (no ``summary.json``) are refused by name.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmarks import common
+from benchmarks.common import load_run
+
 # One colour per optimizer, in order of first appearance.
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
-
-
-def load_run(run_dir: Path) -> dict:
-  """``{"metrics" (DataFrame), "summary"}`` of a finished run."""
-  missing = [
-    name
-    for name in ("metrics.csv", "summary.json")
-    if not (run_dir / name).exists()
-  ]
-  if missing:
-    raise FileNotFoundError(
-      f"{run_dir} is not a finished graphsam-train run: no "
-      f"{', '.join(missing)} (an interrupted run resumes when its command "
-      "is run again)"
-    )
-  return {
-    "metrics": pd.read_csv(run_dir / "metrics.csv"),
-    "summary": json.loads((run_dir / "summary.json").read_text()),
-  }
 
 
 def runs_frame(runs: dict[Path, dict]) -> pd.DataFrame:
@@ -65,20 +46,13 @@ def runs_frame(runs: dict[Path, dict]) -> pd.DataFrame:
   rows = []
   for run_dir, run in runs.items():
     summary, metrics = run["summary"], run["metrics"]
-    metric = summary["metric"]
+    row = common.summary_row(summary)
     rows.append(
       {
-        "dataset": summary["dataset"],
-        "optimizer": summary["optimizer"],
-        "seed": summary["seed"],
-        "metric": metric,
-        "test": summary[f"test_{metric}"],
-        "best_valid": summary[f"best_valid_{metric}"],
-        "best_epoch": summary["best_epoch"],
-        "epochs": summary["epochs"],
+        **row,
         "median_epoch_s": float(np.median(metrics["train_seconds"])),
         "median_graphs_per_s": float(np.median(metrics["graphs_per_s"])),
-        "wall_s_per_epoch": summary["wall_seconds"] / summary["epochs"],
+        "wall_s_per_epoch": row["wall_seconds"] / row["epochs"],
         "run": str(run_dir),
       }
     )
@@ -91,39 +65,49 @@ def runs_frame(runs: dict[Path, dict]) -> pd.DataFrame:
 
 def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
   """Test metric mean, sample std and seed count per dataset and optimizer."""
-  grouped = frame.groupby(["dataset", "optimizer", "metric"], sort=True)
-  return grouped["test"].agg(["mean", "std", "count"]).reset_index()
+  rows = [
+    (*key, *common.mean_std(group["test"]), len(group))
+    for key, group in frame.groupby(["dataset", "optimizer", "metric"])
+  ]
+  return pd.DataFrame(
+    rows, columns=["dataset", "optimizer", "metric", "mean", "std", "count"]
+  )
 
 
 def markdown(frame: pd.DataFrame, summary: pd.DataFrame, command: str) -> str:
-  lines = [
-    "# Training runs: test metric over seeds",
-    "",
-    f"Command: `{command}`",
-    "",
-    "| dataset | optimizer | test metric | mean ± std (ddof 1) | seeds |",
-    "|---|---|---|---|---|",
-  ]
-  for row in summary.itertuples():
-    spread = "" if np.isnan(row.std) else f" ± {row.std:.3f}"
-    lines.append(
-      f"| {row.dataset} | {row.optimizer} | {row.metric} | "
-      f"{row.mean:.3f}{spread} | {row.count} |"
-    )
-  lines += [
-    "",
-    "| dataset | optimizer | seed | test | best valid | best epoch | epochs "
-    "| median epoch (s) | median graphs/s | wall s / epoch |",
-    "|---" * 10 + "|",
-  ]
-  for row in frame.itertuples():
-    lines.append(
-      f"| {row.dataset} | {row.optimizer} | {row.seed} | {row.test:.4f} | "
-      f"{row.best_valid:.4f} | {row.best_epoch} | {row.epochs} | "
-      f"{row.median_epoch_s:.1f} | {row.median_graphs_per_s:.0f} | "
-      f"{row.wall_s_per_epoch:.1f} |"
-    )
-  return "\n".join(lines) + "\n"
+  cells = common.markdown_table(
+    ["dataset", "optimizer", "test metric", "mean ± std (ddof 1)", "seeds"],
+    (
+      (
+        row.dataset,
+        row.optimizer,
+        row.metric,
+        common.format_mean_std(row.mean, row.std),
+        row.count,
+      )
+      for row in summary.itertuples()
+    ),
+  )
+  runs = common.runs_table(
+    frame.to_dict("records"),
+    [
+      ("median epoch (s)", lambda r: f"{r['median_epoch_s']:.1f}"),
+      ("median graphs/s", lambda r: f"{r['median_graphs_per_s']:.0f}"),
+      ("wall s / epoch", lambda r: f"{r['wall_s_per_epoch']:.1f}"),
+    ],
+  )
+  return "\n".join(
+    [
+      "# Training runs: test metric over seeds",
+      "",
+      f"Command: `{command}`",
+      "",
+      cells,
+      "",
+      runs,
+      "",
+    ]
+  )
 
 
 def plot(runs: dict[Path, dict], path: Path) -> None:
@@ -174,8 +158,7 @@ def main(argv=None) -> pd.DataFrame:
     help="writes <out>.md and <out>.png",
   )
   args = parser.parse_args(argv)
-  argv = sys.argv[1:] if argv is None else list(argv)
-  command = shlex.join(["python", "benchmarks/training_curves.py", *argv])
+  command = common.command("training_curves", argv)
   try:
     runs = {run_dir: load_run(run_dir) for run_dir in args.runs}
   except FileNotFoundError as error:

@@ -1,26 +1,19 @@
 """Smoke run of benchmarks/edge_of_stability.py (tiny data, seconds)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.benchmarks import scripts
+
 pytest.importorskip("rdkit")
 pytest.importorskip("matplotlib")
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "edge_of_stability.py"
-
 
 def test_smoke_run_writes_consistent_records(tmp_path):
-  done = subprocess.run(
-    [sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path)],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
+  done = scripts.run_script(
+    "edge_of_stability", "--smoke", "--out", str(tmp_path)
   )
   assert done.returncode == 0, done.stderr[-2000:]
   assert "command:" in done.stdout and "machine:" in done.stdout
