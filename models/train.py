@@ -973,6 +973,9 @@ def train_and_evaluate(
     # in this process are reused.
     "compiled_train_steps": engine.step.compiled - compiled[0],
     "compile_seconds": engine.step.seconds + predict.seconds - compiled[1],
+    "steps_per_epoch": steps_per_epoch,
+    # Over every invocation of a resumed run, unlike wall_seconds.
+    "train_seconds": float(sum(row["train_seconds"] for row in history)),
     "num_params": num_params,
     "seed": config.seed,
     "workdir": str(workdir),
