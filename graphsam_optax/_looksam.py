@@ -31,7 +31,7 @@ def looksam(
   optimizer: optax.GradientTransformation,
   k: int = 8,
   alpha: float = 0.2,
-  rho: optax.ScalarOrSchedule = 0.05,
+  rho: optax.ScalarOrSchedule = 1e-4,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LookSAM: SAM every ``k`` steps, its sharpness component reused between.
 
@@ -77,8 +77,7 @@ def looksam(
     alpha: α >= 0, the weight of the reused direction (default 0.2, as the
       GraphSAM paper ran LookSAM). ``0`` takes plain steps between SAM steps.
     rho: ρ >= 0, the radius of the perturbation ball, a float or a schedule of
-      the step count (default 0.05; the GraphSAM paper ran LookSAM with
-      ``1e-4``, see :func:`get_optimizer`).
+      the step count (default 1e-4, as the GraphSAM paper ran LookSAM).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with state
@@ -118,8 +117,11 @@ def looksam(
   _common.check_integer(
     "k", k, 1, "it is the number of steps between SAM gradients."
   )
-  _common.check_at_least(
-    "alpha", alpha, 0, "it is the weight of the reused sharpness direction."
+  _common.check_float(
+    "alpha",
+    alpha,
+    "it is the weight of the reused sharpness direction.",
+    low=0,
   )
   _common.check_rho(rho)
   optimizer = optax.with_extra_args_support(optimizer)
