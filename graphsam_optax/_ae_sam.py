@@ -161,7 +161,7 @@ def ae_sam(
     **extra_args: Any,
   ) -> tuple[optax.Updates, AESAMState]:
     _common.check_call("ae_sam", params, grad_fn)
-    squared_norm = optax.tree.norm(updates, squared=True).astype(jnp.float32)
+    squared_norm = _common.norm(updates, squared=True).astype(jnp.float32)
     mean = delta * state.mean + (1 - delta) * squared_norm
     variance = delta * state.variance + (1 - delta) * (squared_norm - mean) ** 2
     progress = jnp.minimum(state.count / total_steps, 1.0)

@@ -131,10 +131,19 @@ def safe_scale(tree: Any, numerator: jax.Array, norm: jax.Array) -> Any:
   return optax.tree.scale(safe_divide(numerator, norm), tree)
 
 
+def norm(tree: Any, squared: bool = False) -> jax.Array:
+  """``optax.tree.norm(tree, squared=squared)`` behind an optimization barrier.
+
+  An inner Adam squares the same gradient for its second moment; without the
+  barrier XLA shares the squares between the two and materializes them, a
+  parameter-sized temporary (on CPU, freshly mapped memory on every step).
+  """
+  return optax.tree.norm(jax.lax.optimization_barrier(tree), squared=squared)
+
+
 def normalized(tree: Any) -> Any:
   """``tree / ||tree||`` (zeros for a zero tree), leaves keep their dtype."""
-  unit = safe_scale(tree, 1.0, optax.tree.norm(tree))
-  return optax.tree.cast_like(unit, tree)
+  return optax.tree.cast_like(safe_scale(tree, 1.0, norm(tree)), tree)
 
 
 def perturbation_direction(
@@ -150,10 +159,10 @@ def perturbation_direction(
   adaptive_eta``, so that ``ρ · direction / norm`` is the perturbation.
   """
   if not adaptive:
-    return grads, optax.tree.norm(grads)
+    return grads, norm(grads)
   scaling = jax.tree.map(lambda w: jnp.abs(w) + adaptive_eta, params)
   scaled = optax.tree.mul(scaling, grads)
-  return optax.tree.mul(scaling, scaled), optax.tree.norm(scaled)
+  return optax.tree.mul(scaling, scaled), norm(scaled)
 
 
 def ascent_point(

@@ -14,6 +14,7 @@ pytest.importorskip("matplotlib")
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "edge_of_stability.py"
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_consistent_records(tmp_path):
   done = subprocess.run(
     [sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path)],

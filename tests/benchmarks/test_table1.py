@@ -96,6 +96,7 @@ def _run(tmp, *extra):
   )
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_report_and_resumes(tmp_path):
   done = _run(tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]
