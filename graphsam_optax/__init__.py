@@ -14,9 +14,9 @@ from graphsam_optax._eval_params import eval_params
 from graphsam_optax._eval_params import graphsam_eval_params
 from graphsam_optax._graphsam import GraphSAMState
 from graphsam_optax._graphsam import graphsam
-from graphsam_optax._graphsam import graphsam_authors
-from graphsam_optax._graphsam import sam_k
-from graphsam_optax._graphsam import sam_one
+from graphsam_optax._graphsam_variants import graphsam_authors
+from graphsam_optax._graphsam_variants import sam_k
+from graphsam_optax._graphsam_variants import sam_one
 from graphsam_optax._looksam import LookSAMState
 from graphsam_optax._looksam import looksam
 from graphsam_optax._registry import OptimizerSpec

@@ -1,6 +1,5 @@
 """AE-SAM: SAM steps only where the squared gradient norm is unusually large."""
 
-import math
 from typing import Any
 from typing import NamedTuple
 
@@ -130,17 +129,18 @@ def ae_sam(
     "lambda1 to lambda2.",
   )
   _common.check_rho(rho)
-  if _common.is_concrete(delta) and not 0 <= delta < 1:
-    raise ValueError(
-      f"delta must be in [0, 1), got delta={delta!r}: it is the decay of the "
-      "moving averages of the squared gradient norm."
-    )
+  _common.check_float(
+    "delta",
+    delta,
+    "it is the decay of the moving averages of the squared gradient norm.",
+    low=0,
+    high=1,
+    high_open=True,
+  )
   for name, value in (("lambda1", lambda1), ("lambda2", lambda2)):
-    if _common.is_concrete(value) and not math.isfinite(value):
-      raise ValueError(
-        f"{name} must be finite, got {name}={value!r}: it is an end of the "
-        "threshold factor's linear schedule."
-      )
+    _common.check_float(
+      name, value, "it is an end of the threshold factor's linear schedule."
+    )
   optimizer = optax.with_extra_args_support(optimizer)
 
   def init_fn(params: optax.Params) -> AESAMState:
@@ -161,7 +161,7 @@ def ae_sam(
     **extra_args: Any,
   ) -> tuple[optax.Updates, AESAMState]:
     _common.check_call("ae_sam", params, grad_fn)
-    squared_norm = optax.tree.norm(updates, squared=True).astype(jnp.float32)
+    squared_norm = _common.norm(updates, squared=True).astype(jnp.float32)
     mean = delta * state.mean + (1 - delta) * squared_norm
     variance = delta * state.variance + (1 - delta) * (squared_norm - mean) ** 2
     progress = jnp.minimum(state.count / total_steps, 1.0)

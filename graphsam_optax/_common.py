@@ -1,5 +1,14 @@
-"""Validation and tree helpers shared by the transformations of this library."""
+"""Validators, schedule evaluation and tree helpers shared by this library.
 
+Every factory of the library validates its arguments with the ``check_*``
+functions here, so that every error names the caller's argument, its value and
+what to do. Hyperparameters given as arrays (a tracer inside ``jax.jit``, or
+the arrays ``optax.inject_hyperparams`` passes) are not checked: only Python
+numbers have a value to check when the factory runs.
+"""
+
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -17,56 +26,94 @@ GradFn = Callable[[optax.Params], optax.Updates]
 def is_concrete(value: Any) -> bool:
   """Whether a hyperparameter is a Python number that can be validated.
 
-  Under ``optax.inject_hyperparams`` a factory is called again with traced
-  arrays; those were validated on the first call and are skipped.
+  Arrays, traced or not, are skipped: ``optax.inject_hyperparams`` calls a
+  factory again with arrays, and a training step built inside ``jax.jit``
+  passes tracers, so that one compiled step serves every value.
   """
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_at_least(name: str, value: Any, lower: float, meaning: str) -> None:
-  """Raises ``ValueError`` naming ``name`` when ``value < lower``."""
-  if is_concrete(value) and not value >= lower:
+def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
+  if low == -math.inf and high == math.inf:
+    return "a finite number"
+  if high == math.inf:
+    return f"{'>' if low_open else '>='} {low:g}"
+  return (
+    f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+  )
+
+
+def check_float(
+  name: str,
+  value: Any,
+  meaning: str,
+  *,
+  low: float = -math.inf,
+  high: float = math.inf,
+  low_open: bool = False,
+  high_open: bool = False,
+) -> None:
+  """Raises ``ValueError`` naming ``name`` unless ``value`` is in range.
+
+  A Python number must be finite and lie in the interval from ``low`` to
+  ``high`` (closed unless ``low_open``/``high_open``); NaN and infinities are
+  always rejected. Arrays and schedules are not checked.
+  """
+  if not is_concrete(value):
+    return
+  above = value > low if low_open else value >= low
+  below = value < high if high_open else value <= high
+  if not (math.isfinite(value) and above and below):
+    interval = _interval(low, high, low_open, high_open)
     raise ValueError(
-      f"{name} must be >= {lower}, got {name}={value!r}: {meaning}"
+      f"{name} must be {interval}, got {name}={value!r}: {meaning}"
     )
 
 
 def check_integer(name: str, value: Any, lower: int, meaning: str) -> None:
-  """Raises ``ValueError`` unless ``value`` is an integer >= ``lower``."""
+  """Raises ``ValueError`` unless ``value`` is an integer >= ``lower``.
+
+  Integer arrays (from ``optax.inject_hyperparams``) are not checked.
+  """
   if isinstance(value, jax.Array):
     return
-  if not isinstance(value, int) or isinstance(value, bool) or value < lower:
+  integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  if not integral or value < lower:
     raise ValueError(
       f"{name} must be an integer >= {lower}, got {name}={value!r}: {meaning}"
     )
 
 
-def check_rho(rho: optax.ScalarOrSchedule) -> None:
+def check_rho(rho: optax.ScalarOrSchedule, name: str = "rho") -> None:
   """Validates the radius ρ of a SAM step (a schedule is not checked)."""
-  check_at_least(
-    "rho",
+  check_float(
+    name,
     rho,
-    0,
     "it is the radius of the perturbation ball (0 gives the inner optimizer).",
+    low=0,
   )
 
 
 def value_at(
-  hyperparameter: optax.ScalarOrSchedule, count: jax.Array
+  hyperparameter: optax.ScalarOrSchedule,
+  count: jax.Array,
+  dtype: jnp.dtype = jnp.float32,
 ) -> jax.Array:
-  """A float or schedule evaluated at the step ``count``, as ``float32[]``."""
+  """A number, array or schedule at the step ``count``, as ``dtype[]``."""
   value = hyperparameter(count) if callable(hyperparameter) else hyperparameter
-  return jnp.asarray(value, dtype=jnp.float32)
+  return jnp.asarray(value, dtype=dtype)
 
 
-def check_call(method: str, params: Any, grad_fn: Any) -> None:
+def check_call(
+  method: str, params: Any, grad_fn: Any, *, needs_grad_fn: bool = True
+) -> None:
   """Raises ``ValueError`` when ``update`` misses ``params`` or ``grad_fn``."""
   if params is None:
     raise ValueError(
       f"{method} needs params: call tx.update(grads, state, params, "
       "grad_fn=...) with the params the gradient was taken at."
     )
-  if grad_fn is None:
+  if needs_grad_fn and grad_fn is None:
     raise ValueError(
       f"{method} needs grad_fn: pass tx.update(grads, state, params, "
       "grad_fn=g) where g(p) returns the gradient of the same batch's loss "
@@ -74,10 +121,29 @@ def check_call(method: str, params: Any, grad_fn: Any) -> None:
     )
 
 
+def safe_divide(numerator: jax.Array, norm: jax.Array) -> jax.Array:
+  """``numerator / norm``, or zero where ``norm`` is (near) zero."""
+  return jnp.where(norm > TINY, numerator / jnp.maximum(norm, TINY), 0.0)
+
+
 def safe_scale(tree: Any, numerator: jax.Array, norm: jax.Array) -> Any:
   """``tree * numerator / norm``, or zeros where ``norm`` is (near) zero."""
-  scale = jnp.where(norm > TINY, numerator / jnp.maximum(norm, TINY), 0.0)
-  return optax.tree.scale(scale, tree)
+  return optax.tree.scale(safe_divide(numerator, norm), tree)
+
+
+def norm(tree: Any, squared: bool = False) -> jax.Array:
+  """``optax.tree.norm(tree, squared=squared)`` behind an optimization barrier.
+
+  An inner Adam squares the same gradient for its second moment; without the
+  barrier XLA shares the squares between the two and materializes them, a
+  parameter-sized temporary (on CPU, freshly mapped memory on every step).
+  """
+  return optax.tree.norm(jax.lax.optimization_barrier(tree), squared=squared)
+
+
+def normalized(tree: Any) -> Any:
+  """``tree / ||tree||`` (zeros for a zero tree), leaves keep their dtype."""
+  return optax.tree.cast_like(safe_scale(tree, 1.0, norm(tree)), tree)
 
 
 def perturbation_direction(
@@ -93,10 +159,10 @@ def perturbation_direction(
   adaptive_eta``, so that ``ρ · direction / norm`` is the perturbation.
   """
   if not adaptive:
-    return grads, optax.tree.norm(grads)
+    return grads, norm(grads)
   scaling = jax.tree.map(lambda w: jnp.abs(w) + adaptive_eta, params)
   scaled = optax.tree.mul(scaling, grads)
-  return optax.tree.mul(scaling, scaled), optax.tree.norm(scaled)
+  return optax.tree.mul(scaling, scaled), norm(scaled)
 
 
 def ascent_point(

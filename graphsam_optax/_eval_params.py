@@ -3,25 +3,31 @@
 import jax
 import optax
 
-_PERTURBATION = "perturbation"
+from graphsam_optax import _graphsam
 
 
-def _perturbations(state):
-  return [
-    value for _, value in optax.tree.get_all_with_path(state, _PERTURBATION)
-  ]
+def _is_graphsam(value) -> bool:
+  return isinstance(value, _graphsam.GraphSAMState)
 
 
-def _remove(params, perturbations):
-  if len(perturbations) > 1:
+def _graphsam_states(state: optax.OptState) -> list[_graphsam.GraphSAMState]:
+  """The GraphSAM states in ``state``, however deeply nested."""
+  leaves = jax.tree.leaves(state, is_leaf=_is_graphsam)
+  return [leaf for leaf in leaves if _is_graphsam(leaf)]
+
+
+def _remove(params, states):
+  if len(states) > 1:
     raise ValueError(
-      f"the optimizer state holds {len(perturbations)} perturbations; one "
+      f"the optimizer state holds {len(states)} GraphSAM states; one "
       "perturbed transformation per optimizer is supported."
     )
-  if not perturbations:
+  if not states:
     return params
   return jax.tree.map(
-    lambda p, d: (p - d).astype(p.dtype), params, perturbations[0]
+    lambda p, d: (p - d).astype(p.dtype),
+    params,
+    _graphsam.held_perturbation(states[0]),
   )
 
 
@@ -32,18 +38,21 @@ def eval_params(state: optax.OptState, params: optax.Params) -> optax.Params:
   :func:`graphsam_optax.graphsam`); every other transformation of this library
   and of optax holds ``w`` itself. This returns ``w`` for any of them, also
   when the state is nested in ``optax.chain``, ``optax.inject_hyperparams`` or
-  ``optax.MultiSteps``: evaluate, checkpoint and export what it returns.
+  ``optax.MultiSteps``: evaluate, checkpoint and export what it returns. Only a
+  :class:`graphsam_optax.GraphSAMState` counts: other states, whatever their
+  fields, leave ``params`` unchanged.
 
   Args:
     state: the optimizer state.
     params: the params held by the training loop.
 
   Returns:
-    The weights to evaluate: ``params`` minus the perturbation found in
-    ``state``, or ``params`` unchanged when there is none.
+    The weights to evaluate: ``params`` minus the perturbation of the
+    GraphSAM state found in ``state``, or ``params`` unchanged when there is
+    none.
 
   Raises:
-    ValueError: if the state holds more than one perturbation.
+    ValueError: if the state holds more than one GraphSAM state.
 
   Examples:
     >>> import jax.numpy as jnp, optax, graphsam_optax
@@ -52,7 +61,7 @@ def eval_params(state: optax.OptState, params: optax.Params) -> optax.Params:
     >>> print(graphsam_optax.eval_params(state, params))
     [1. 1.]
   """
-  return _remove(params, _perturbations(state))
+  return _remove(params, _graphsam_states(state))
 
 
 def graphsam_eval_params(
@@ -81,11 +90,11 @@ def graphsam_eval_params(
     >>> print(graphsam_optax.graphsam_eval_params(tx.init(params), params))
     [1. 1.]
   """
-  perturbations = _perturbations(state)
-  if not perturbations:
+  states = _graphsam_states(state)
+  if not states:
     raise ValueError(
       "graphsam_eval_params needs a state produced by graphsam (or containing "
       f"one), got a {type(state).__name__}. Use graphsam_optax.eval_params for "
       "states of other optimizers."
     )
-  return _remove(params, perturbations)
+  return _remove(params, states)

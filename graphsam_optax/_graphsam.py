@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import optax
 
 from graphsam_optax import _common
-from graphsam_optax import _schedules
 
 # The authors' code normalizes each tensor s as s / ||s + 1e-8||.
 _AUTHORS_LEAF_EPS = 1e-8
@@ -17,17 +16,29 @@ _AUTHORS_LEAF_EPS = 1e-8
 class GraphSAMState(NamedTuple):
   """State of :func:`graphsam`.
 
+  The caller holds the perturbed point ``w + δ`` (see :func:`graphsam`). In
+  the default mode ``δ = ρ ε / ||ε||`` is a multiple of the moving average
+  ``ε``, so the state keeps only the factor, ``scale``: its memory is the inner
+  optimizer's plus one parameter-sized tree, ``ema``. The adaptive and
+  per-tensor modes (``adaptive=True`` or ``per_leaf=True``, the authors'
+  preset) scale ``ε`` by the weights or per tensor, so ``δ`` is no multiple of
+  ``ε`` there and is stored, as a second tree, ``perturbation``.
+
   Attributes:
     count: number of updates done so far (``int32[]``). Step ``count`` is an
       anchor step when ``count % anchor_every == 0``.
     ema: the perturbation direction ε for the step ``count`` (pytree like the
       params): the anchor gradient after an anchor, then the exponential moving
       average of the normalized updating gradients.
-    rho: the radius ρ of the perturbation currently held (``float[]``, dtype of
-      the params).
-    perturbation: the offset δ that the held params carry, ``params = w + δ``
-      with ``w`` the clean weights (pytree like the params; zero before an
-      anchor step).
+    rho: the radius ρ of step ``count`` (``float[]``, dtype of the params),
+      for inspection; the update evaluates ``rho`` itself.
+    scale: the default mode's factor ``s`` of the held perturbation
+      ``δ = s ε``: ``ρ / ||ε||``, or 0 before an anchor step, where the caller
+      holds ``w`` itself (``float32[]``; ``float64[]`` for float64 params).
+      ``None`` in the adaptive and per-tensor modes.
+    perturbation: the adaptive and per-tensor modes' held perturbation δ
+      (pytree like the params; zero before an anchor step). ``None`` in the
+      default mode.
     inner_state: state of the wrapped optimizer, which always sees the clean
       weights.
   """
@@ -35,17 +46,28 @@ class GraphSAMState(NamedTuple):
   count: jax.Array
   ema: optax.Updates
   rho: jax.Array
-  perturbation: optax.Updates
+  scale: jax.Array | None
+  perturbation: optax.Updates | None
   inner_state: optax.OptState
 
 
-def _validate(rho, beta, anchor_every, adaptive_eta):
+def held_perturbation(state: GraphSAMState) -> optax.Updates:
+  """The offset ``δ`` of the params held with ``state``: ``params = w + δ``."""
+  if state.perturbation is not None:
+    return state.perturbation
+  return jax.tree.map(lambda e: (state.scale * e).astype(e.dtype), state.ema)
+
+
+def _validate(rho, beta, anchor_every, adaptive_eta, per_leaf, leaf_radius):
   _common.check_rho(rho)
-  if _common.is_concrete(beta) and not 0 <= beta <= 1:
-    raise ValueError(
-      f"beta must be in [0, 1], got beta={beta!r}: it is the decay of the "
-      "moving average of updating gradients (1 reuses the anchor direction)."
-    )
+  _common.check_float(
+    "beta",
+    beta,
+    "it is the decay of the moving average of updating gradients (1 reuses "
+    "the anchor direction).",
+    low=0,
+    high=1,
+  )
   _common.check_integer(
     "anchor_every",
     anchor_every,
@@ -53,9 +75,19 @@ def _validate(rho, beta, anchor_every, adaptive_eta):
     "it is the number of steps between true perturbation gradients (the "
     "paper anchors once per epoch: steps per epoch).",
   )
-  _common.check_at_least(
-    "adaptive_eta", adaptive_eta, 0, "it is the offset of ASAM's |w| + eta."
+  _common.check_float(
+    "adaptive_eta",
+    adaptive_eta,
+    "it is the offset of ASAM's |w| + eta.",
+    low=0,
   )
+  if leaf_radius is not None and not per_leaf:
+    raise ValueError(
+      f"leaf_radius={leaf_radius!r} is the per-tensor radius of "
+      "per_leaf=True; pass per_leaf=True with it, or drop it."
+    )
+  if leaf_radius is not None:
+    _common.check_rho(leaf_radius, "leaf_radius")
 
 
 def _clip_to_norm(tree, radius):
@@ -74,6 +106,7 @@ def graphsam(
   adaptive: bool = False,
   adaptive_eta: float = 0.01,
   per_leaf: bool = False,
+  leaf_radius: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""GraphSAM: SAM with a moving-average prediction of the perturbation.
 
@@ -118,6 +151,12 @@ def graphsam(
   The options ``adaptive`` and ``per_leaf`` reproduce the authors' code,
   :func:`graphsam_authors`.
 
+  **Memory.** In the default mode the held perturbation is ``ρ ε / ||ε||``, a
+  multiple of the moving average, so the state holds the inner optimizer's
+  state, ``ε`` and scalars: with Adam, 1.5 times Adam's state. With
+  ``adaptive`` or ``per_leaf`` the perturbation is no multiple of ``ε`` and
+  is stored too (twice Adam's); see :class:`GraphSAMState`.
+
   .. note::
     Gradient passes per step: one, given by the caller; plus one call of
     ``grad_fn`` on anchor steps when ``grad_fn`` is passed. ``grad_fn(p)`` must
@@ -145,8 +184,11 @@ def graphsam(
     per_leaf: normalize per parameter tensor instead of globally, as the
       authors' code does: each tensor of the moving-average input is divided
       by ``||s + 1e-8||``; each tensor of an ordinary step's perturbation has
-      norm exactly ρ; an anchor perturbation is computed globally and then
-      each tensor is clipped to norm ρ.
+      norm exactly ``leaf_radius``; an anchor perturbation is computed
+      globally with radius ρ and then each tensor is clipped to norm
+      ``leaf_radius``.
+    leaf_radius: the per-tensor radius of ``per_leaf`` (>= 0, a float or a
+      schedule; default: ρ), the authors' ``radius``.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with state
@@ -155,8 +197,10 @@ def graphsam(
     point) and forwards ``extra_args`` to ``optimizer``.
 
   Raises:
-    ValueError: on ``rho < 0``, ``beta`` outside [0, 1], ``anchor_every < 1``
-      or ``adaptive_eta < 0``; at update time when ``params`` is missing.
+    ValueError: on ``rho`` or ``leaf_radius`` negative or not finite,
+      ``beta`` outside [0, 1], ``anchor_every`` not an integer >= 1,
+      ``adaptive_eta < 0``, or ``leaf_radius`` without ``per_leaf``; at
+      update time when ``params`` is missing.
 
   References:
     Wang et al., `Efficient Sharpness-Aware Minimization for Molecular Graph
@@ -189,8 +233,10 @@ def graphsam(
     >>> print(w.round(3), round(float(loss(w)), 6))
     [1. 1.] 0.0
   """
-  _validate(rho, beta, anchor_every, adaptive_eta)
+  _validate(rho, beta, anchor_every, adaptive_eta, per_leaf, leaf_radius)
   optimizer = optax.with_extra_args_support(optimizer)
+  radius = rho if leaf_radius is None else leaf_radius
+  stores_perturbation = adaptive or per_leaf
 
   def normalize(tree):
     """The direction of a moving-average input (unit norm)."""
@@ -198,25 +244,22 @@ def graphsam(
       return jax.tree.map(
         lambda s: s / jnp.linalg.norm(s + _AUTHORS_LEAF_EPS), tree
       )
-    return _common.safe_scale(tree, 1.0, optax.tree.norm(tree))
+    return _common.normalized(tree)
 
-  def perturbation(direction, radius, weights, at_anchor):
-    """The offset ``δ`` of norm ``radius`` along ``direction``."""
+  def perturbation(direction, weights, rho_now, radius_now, at_anchor):
+    """The offset ``δ`` of radius ρ along ``direction`` (adaptive/per-leaf)."""
     numerator, norm = _common.perturbation_direction(
       direction, weights, adaptive=adaptive, adaptive_eta=adaptive_eta
     )
     if per_leaf and not at_anchor:
       return jax.tree.map(
-        lambda d: _common.safe_scale(d, radius, jnp.linalg.norm(d)), numerator
+        lambda d: _common.safe_scale(d, radius_now, jnp.linalg.norm(d)),
+        numerator,
       )
-    delta = _common.safe_scale(numerator, radius, norm)
+    delta = _common.safe_scale(numerator, rho_now, norm)
     if per_leaf:
-      return jax.tree.map(lambda d: _clip_to_norm(d, radius), delta)
+      return jax.tree.map(lambda d: _clip_to_norm(d, radius_now), delta)
     return delta
-
-  def rho_at(count, dtype):
-    value = rho(count) if callable(rho) else rho
-    return jnp.asarray(value, dtype=dtype)
 
   def is_anchor(count):
     return jnp.mod(count, anchor_every) == 0
@@ -227,8 +270,15 @@ def graphsam(
     return GraphSAMState(
       count=count,
       ema=optax.tree.zeros_like(params),
-      rho=rho_at(count, dtype),
-      perturbation=optax.tree.zeros_like(params),
+      rho=_common.value_at(rho, count, dtype),
+      scale=(
+        None
+        if stores_perturbation
+        else jnp.zeros([], jnp.promote_types(dtype, jnp.float32))
+      ),
+      perturbation=(
+        optax.tree.zeros_like(params) if stores_perturbation else None
+      ),
       inner_state=optimizer.init(params),
     )
 
@@ -240,224 +290,74 @@ def graphsam(
     grad_fn: _common.GradFn | None = None,
     **extra_args: Any,
   ):
-    if params is None:
-      raise ValueError(
-        "graphsam needs params: call tx.update(grads, state, params) with the "
-        "params the gradient was taken at."
-      )
+    _common.check_call("graphsam", params, grad_fn, needs_grad_fn=False)
+
     count = state.count
-    weights = optax.tree.sub(params, state.perturbation)
     anchor = is_anchor(count)
 
-    # At an anchor the held point is w itself, so `updates` is the true
-    # gradient there: it becomes the perturbation direction.
-    anchor_direction = normalize(updates) if normalize_anchor else updates
-    direction = optax.tree.where(anchor, anchor_direction, state.ema)
+    def anchor_direction():
+      # At an anchor the held point is w itself (δ = 0 before an anchor), so
+      # `updates` is the true gradient at w: it becomes the direction ε.
+      return normalize(updates) if normalize_anchor else updates
 
-    if grad_fn is None:
-      updating_grads = updates
-    else:
-      updating_grads = jax.lax.cond(
-        anchor,
-        lambda: optax.tree.cast_like(
-          grad_fn(
-            optax.tree.add(
-              weights,
-              perturbation(anchor_direction, state.rho, weights, True),
-            )
-          ),
-          updates,
-        ),
-        lambda: updates,
+    def anchor_gradient():
+      offset = perturbation(
+        anchor_direction(),
+        params,
+        _common.value_at(rho, count, state.rho.dtype),
+        _common.value_at(radius, count, state.rho.dtype),
+        True,
       )
+      omega = grad_fn(optax.tree.add(params, offset))
+      return optax.tree.cast_like(omega, updates)
 
+    updating_grads = updates
+    if grad_fn is not None:
+      updating_grads = jax.lax.cond(anchor, anchor_gradient, lambda: updates)
+    direction = optax.tree.where(anchor, anchor_direction(), state.ema)
+    delta = held_perturbation(state)
+    weights = optax.tree.cast_like(optax.tree.sub(params, delta), params)
     inner_updates, inner_state = optimizer.update(
       updating_grads, state.inner_state, weights, **extra_args
     )
-    new_weights = optax.apply_updates(weights, inner_updates)
-
-    next_count = optax.safe_increment(count)
-    next_ema = jax.tree.map(
+    ema = jax.tree.map(
       lambda e, u: (beta * e + (1 - beta) * u).astype(e.dtype),
       direction,
       normalize(updating_grads),
     )
-    next_rho = rho_at(next_count, state.rho.dtype)
-    next_perturbation = jax.lax.cond(
-      is_anchor(next_count),
-      lambda: optax.tree.zeros_like(params),
-      lambda: optax.tree.cast_like(
-        perturbation(next_ema, next_rho, new_weights, False), params
-      ),
+    next_count = optax.safe_increment(count)
+    next_rho = _common.value_at(rho, next_count, state.rho.dtype)
+    before_anchor = is_anchor(next_count)
+    scale, stored = None, None
+    if stores_perturbation:
+      new_weights = optax.apply_updates(weights, inner_updates)
+      next_radius = _common.value_at(radius, next_count, state.rho.dtype)
+      offset = perturbation(ema, new_weights, next_rho, next_radius, False)
+      stored = optax.tree.where(
+        before_anchor,
+        optax.tree.zeros_like(params),
+        optax.tree.cast_like(offset, params),
+      )
+    else:
+      norm = optax.tree.norm(ema)
+      scale = jnp.where(
+        before_anchor, 0.0, _common.safe_divide(next_rho, norm)
+      ).astype(state.scale.dtype)
+    new_state = GraphSAMState(
+      count=next_count,
+      ema=ema,
+      rho=next_rho,
+      scale=scale,
+      perturbation=stored,
+      inner_state=inner_state,
     )
-    # Held point moves from w + δ to w' + δ': inner step plus change of δ.
+    # The held point moves from w + δ to w' + δ': inner step plus change of δ.
     new_updates = jax.tree.map(
       lambda u, new, old: (u + new - old).astype(old.dtype),
       inner_updates,
-      next_perturbation,
-      state.perturbation,
-    )
-    new_state = GraphSAMState(
-      count=next_count,
-      ema=next_ema,
-      rho=next_rho,
-      perturbation=next_perturbation,
-      inner_state=inner_state,
+      held_perturbation(new_state),
+      delta,
     )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def sam_k(
-  optimizer: optax.GradientTransformation,
-  k: int,
-  rho: optax.ScalarOrSchedule = 0.05,
-) -> optax.GradientTransformationExtraArgs:
-  r"""SAM-k: recompute the SAM perturbation every ``k`` steps, reuse it between.
-
-  The GraphSAM paper's baseline: the perturbation direction is the true
-  gradient of the anchor step and stays fixed until the next anchor. It is
-  :func:`graphsam` with ``beta = 1`` and ``anchor_every = k``.
-
-  .. note::
-    Gradient passes per step: one, plus one call of ``grad_fn`` every ``k``
-    steps when ``grad_fn`` is passed (without it the anchor step is a plain
-    inner step).
-
-  Args:
-    optimizer: the base optimizer.
-    k: steps between perturbation recomputations (>= 1).
-    rho: the perturbation radius, float or schedule (>= 0).
-
-  Returns:
-    A :func:`graphsam` transformation.
-
-  References:
-    Wang et al., `Efficient Sharpness-Aware Minimization for Molecular Graph
-    Transformer Models <https://arxiv.org/abs/2406.13137>`_, ICLR 2024.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp, optax, graphsam_optax
-    >>> loss = lambda w: jnp.sum(w**2 * jnp.array([1.0, 4.0]))
-    >>> tx = graphsam_optax.sam_k(optax.sgd(0.1), k=5, rho=0.05)
-    >>> @jax.jit
-    ... def step(params, state):
-    ...   updates, state = tx.update(
-    ...       jax.grad(loss)(params), state, params, grad_fn=jax.grad(loss))
-    ...   return optax.apply_updates(params, updates), state
-    >>> params = jnp.ones(2)
-    >>> state = tx.init(params)
-    >>> for _ in range(20):
-    ...   params, state = step(params, state)
-    >>> # With a constant rho the clean weights settle where the gradient at
-    >>> # the (reused) perturbed point vanishes, rho away from the minimum.
-    >>> print(graphsam_optax.graphsam_eval_params(state, params).round(3))
-    [0.001 0.05 ]
-  """
-  return graphsam(optimizer, anchor_every=k, rho=rho, beta=1.0)
-
-
-def sam_one(
-  optimizer: optax.GradientTransformation,
-  steps_per_epoch: int,
-  rho: optax.ScalarOrSchedule = 0.05,
-) -> optax.GradientTransformationExtraArgs:
-  r"""SAM-One: one true perturbation gradient per epoch, reused all epoch.
-
-  :func:`graphsam` with ``beta = 1`` and ``anchor_every = steps_per_epoch``
-  (:func:`sam_k` with ``k`` one epoch); the GraphSAM paper's weakest
-  approximation of SAM.
-
-  .. note::
-    Gradient passes per step: one, plus one call of ``grad_fn`` at the first
-    step of each epoch when ``grad_fn`` is passed.
-
-  Args:
-    optimizer: the base optimizer.
-    steps_per_epoch: optimizer steps per epoch (>= 1).
-    rho: the perturbation radius, float or schedule (>= 0).
-
-  Returns:
-    A :func:`graphsam` transformation.
-
-  References:
-    Wang et al., `Efficient Sharpness-Aware Minimization for Molecular Graph
-    Transformer Models <https://arxiv.org/abs/2406.13137>`_, ICLR 2024.
-
-  Examples:
-    >>> import optax, graphsam_optax
-    >>> tx = graphsam_optax.sam_one(optax.adam(1e-3), steps_per_epoch=64)
-    >>> print(type(tx).__name__)
-    GradientTransformationExtraArgs
-  """
-  return graphsam(optimizer, anchor_every=steps_per_epoch, rho=rho, beta=1.0)
-
-
-def graphsam_authors(
-  optimizer: optax.GradientTransformation,
-  steps_per_epoch: int,
-  rho: float = 0.05,
-  beta: float = 0.99,
-  gamma: float = 0.5,
-  decay_epochs: int = 1,
-) -> optax.GradientTransformationExtraArgs:
-  r"""GraphSAM as the authors' code runs it (CoMPT training path).
-
-  The same :func:`graphsam` with the options that reproduce what the code at
-  github.com/YL-wang/GraphSAM (commit 1381480) does where it differs from the
-  paper, point by point:
-
-  1. ASAM-style perturbation ``ρ w² ⊙ h / ||w ⊙ g||`` (``adaptive=True``,
-     ``adaptive_eta=0``), each tensor clipped to norm ρ (``per_leaf=True``).
-  2. On ordinary steps the code divides by the norm of just-zeroed gradients,
-     so every tensor is clipped: each tensor's perturbation has norm exactly ρ
-     along ``w² ⊙ h`` (``per_leaf=True``).
-  3. The moving average starts from the raw anchor gradient
-     (``normalize_anchor=False``) and normalizes each later tensor ``s`` as
-     ``s / ||s + 1e-8||`` (``per_leaf=True``).
-  4. Not reproduced: the code seeds the backward pass with the loss value, so
-     Adam receives ``L(w + ε) ∇L(w + ε)``. That is a choice of loss, not of
-     optimizer; scale your loss to reproduce it.
-  5. Anchors at the first batch of every epoch (``anchor_every =
-     steps_per_epoch``); ``decay_epochs`` (λ) only controls the decay of ρ,
-     which compounds (:func:`compounding_rho_schedule`). The clip radius
-     decays with ρ.
-
-  .. note::
-    Gradient passes per step as in :func:`graphsam`.
-
-  Args:
-    optimizer: the base optimizer (Adam in the authors' code).
-    steps_per_epoch: optimizer steps per epoch (>= 1).
-    rho: ρ0 (>= 0), the radius during the first epoch.
-    beta: β in [0, 1].
-    gamma: γ in (0, 1], the decay factor of ρ.
-    decay_epochs: λ >= 1.
-
-  Returns:
-    A :func:`graphsam` transformation.
-
-  References:
-    Wang et al., `Efficient Sharpness-Aware Minimization for Molecular Graph
-    Transformer Models <https://arxiv.org/abs/2406.13137>`_, ICLR 2024.
-
-  Examples:
-    >>> import jax.numpy as jnp, optax, graphsam_optax
-    >>> tx = graphsam_optax.graphsam_authors(optax.adam(1e-3), 10)
-    >>> state = tx.init(jnp.ones(3))
-    >>> print(round(float(state.rho), 6))
-    0.05
-  """
-  return graphsam(
-    optimizer,
-    anchor_every=steps_per_epoch,
-    rho=_schedules.compounding_rho_schedule(
-      rho, gamma, decay_epochs, steps_per_epoch=steps_per_epoch
-    ),
-    beta=beta,
-    normalize_anchor=False,
-    adaptive=True,
-    adaptive_eta=0.0,
-    per_leaf=True,
-  )

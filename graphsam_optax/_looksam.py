@@ -31,7 +31,7 @@ def looksam(
   optimizer: optax.GradientTransformation,
   k: int = 8,
   alpha: float = 0.2,
-  rho: optax.ScalarOrSchedule = 0.05,
+  rho: optax.ScalarOrSchedule = 1e-4,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LookSAM: SAM every ``k`` steps, its sharpness component reused between.
 
@@ -77,8 +77,7 @@ def looksam(
     alpha: α >= 0, the weight of the reused direction (default 0.2, as the
       GraphSAM paper ran LookSAM). ``0`` takes plain steps between SAM steps.
     rho: ρ >= 0, the radius of the perturbation ball, a float or a schedule of
-      the step count (default 0.05; the GraphSAM paper ran LookSAM with
-      ``1e-4``, see :func:`get_optimizer`).
+      the step count (default 1e-4, as the GraphSAM paper ran LookSAM).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with state
@@ -118,8 +117,11 @@ def looksam(
   _common.check_integer(
     "k", k, 1, "it is the number of steps between SAM gradients."
   )
-  _common.check_at_least(
-    "alpha", alpha, 0, "it is the weight of the reused sharpness direction."
+  _common.check_float(
+    "alpha",
+    alpha,
+    "it is the weight of the reused sharpness direction.",
+    low=0,
   )
   _common.check_rho(rho)
   optimizer = optax.with_extra_args_support(optimizer)
@@ -140,33 +142,39 @@ def looksam(
     **extra_args: Any,
   ) -> tuple[optax.Updates, LookSAMState]:
     _common.check_call("looksam", params, grad_fn)
-    grad_norm = optax.tree.norm(updates)
+    grad_norm = _common.norm(updates)
+    unit = lambda: _common.safe_scale(updates, 1.0, grad_norm)
+    is_sam = jnp.mod(state.count, k) == 0
 
+    # Only the gradient handed to the inner optimizer and a scalar leave the
+    # lax.cond, and no parameter-sized value enters it but the inputs: the new
+    # g_v is selected outside, where XLA writes it in place of the old one.
     def sam_step():
       sam_grads = _common.ascent_gradient(
         updates, params, grad_fn, _common.value_at(rho, state.count)
       )
-      # g_v is also the part of g_s - g orthogonal to g; computed so, its
-      # rounding error scales with ||g_s - g|| (small for small rho), not
-      # with ||g_s||, and rho = 0 gives exactly zero.
-      change = optax.tree.sub(sam_grads, updates)
-      unit = _common.safe_scale(updates, 1.0, grad_norm)
-      along = optax.tree.vdot(unit, change)
-      orthogonal = optax.tree.add_scale(change, -along, unit)
-      return sam_grads, optax.tree.cast_like(
-        orthogonal, state.sharpness_direction
-      )
+      along = optax.tree.vdot(unit(), optax.tree.sub(sam_grads, updates))
+      return sam_grads, along.astype(grad_norm.dtype)
 
     def reuse_step():
       direction = state.sharpness_direction
       reused = _common.safe_scale(
-        direction, alpha * grad_norm, optax.tree.norm(direction)
+        direction, alpha * grad_norm, _common.norm(direction)
       )
       combined = optax.tree.add(updates, reused)
-      return optax.tree.cast_like(combined, updates), direction
+      return optax.tree.cast_like(combined, updates), jnp.zeros_like(grad_norm)
 
-    new_grads, sharpness_direction = jax.lax.cond(
-      jnp.mod(state.count, k) == 0, sam_step, reuse_step
+    new_grads, along = jax.lax.cond(is_sam, sam_step, reuse_step)
+    # After a SAM step, g_v is the part of g_s - g orthogonal to g: computed
+    # so, its rounding error scales with ||g_s - g|| (small for small rho),
+    # not with ||g_s||, and rho = 0 gives exactly zero.
+    orthogonal = optax.tree.add_scale(
+      optax.tree.sub(new_grads, updates), -along, unit()
+    )
+    sharpness_direction = optax.tree.where(
+      is_sam,
+      optax.tree.cast_like(orthogonal, state.sharpness_direction),
+      state.sharpness_direction,
     )
     new_updates, inner_state = optimizer.update(
       new_grads, state.inner_state, params, **extra_args

@@ -5,9 +5,15 @@ One training loop runs them all: each name gives an
 ``tx.update(grads, state, params, grad_fn=grad_fn, **extra_args)``, with
 ``grads`` the gradient at the held params and ``grad_fn(p)`` the gradient of
 the same batch at ``p``. Methods that do not need ``grad_fn`` ignore it.
+
+Each name is built by one function, a factory of this library or a thin
+wrapper below: its keyword parameters and their defaults are the name's
+hyperparameters, and the first paragraph of its docstring the name's summary,
+so that the registry and the factories cannot disagree.
 """
 
 import dataclasses
+import inspect
 import types
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -15,49 +21,87 @@ from typing import Any
 
 import optax
 
-from graphsam_optax import _ae_sam
-from graphsam_optax import _graphsam
-from graphsam_optax import _looksam
-from graphsam_optax import _rst
-from graphsam_optax import _sam
-from graphsam_optax import _schedules
+from graphsam_optax import _common
+from graphsam_optax._ae_sam import ae_sam
+from graphsam_optax._graphsam import graphsam
+from graphsam_optax._graphsam_variants import graphsam_authors
+from graphsam_optax._graphsam_variants import sam_k
+from graphsam_optax._graphsam_variants import sam_one
+from graphsam_optax._looksam import looksam
+from graphsam_optax._rst import rst
+from graphsam_optax._sam import sam
+from graphsam_optax._schedules import rho_decay_schedule
 
 _GRAPHSAM_PAPER = (
   "Wang et al., Efficient Sharpness-Aware Minimization for Molecular Graph "
   "Transformer Models, ICLR 2024, https://arxiv.org/abs/2406.13137"
 )
+# What a method may need besides its hyperparameters, and what it means.
+_NEEDS = {
+  "steps_per_epoch": "it is the number of optimizer steps in one epoch.",
+  "total_steps": "it is the length of training in optimizer steps.",
+}
+
+
+def _defaults(function: Callable[..., Any]) -> dict[str, Any]:
+  """The parameters of ``function`` that have a default, with it."""
+  parameters = inspect.signature(function).parameters.values()
+  return {p.name: p.default for p in parameters if p.default is not p.empty}
+
+
+# The wrappers below take their defaults from the factories they call.
+_SAM = _defaults(sam)
+_GRAPHSAM = _defaults(graphsam)
+_RHO_DECAY = _defaults(rho_decay_schedule)
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """How :func:`get_optimizer` builds one method, and what it costs.
 
+  ``summary``, ``defaults`` and ``needs`` are read from ``build``.
+
   Attributes:
     name: the registry name.
-    summary: one line saying what the method does.
-    defaults: every hyperparameter the method accepts, with its default (the
-      paper's where it gives one; see ``notes``).
+    build: ``build(optimizer, **needs, **hyperparameters)`` returns the
+      transformation.
     passes: gradient passes per step, in words.
-    needs: which of ``steps_per_epoch`` and ``total_steps`` the method needs.
+    mean_passes: ``mean_passes(hyperparameters, steps_per_epoch)``, the
+      expected gradient passes per step, or ``None`` when data dependent.
     uses_grad_fn: whether ``update`` calls ``grad_fn`` (on some steps).
     reference: the paper.
     notes: where the defaults come from, and deviations.
-    build: ``build(optimizer, hyperparameters, steps_per_epoch,
-      total_steps)`` returns the transformation.
-    mean_passes: ``mean_passes(hyperparameters, steps_per_epoch)``, the
-      expected gradient passes per step, or ``None`` when data dependent.
+    summary: what the method does: the first paragraph of ``build``'s
+      docstring.
+    defaults: every hyperparameter the method accepts, with its default (the
+      paper's where it gives one; see ``notes``): the parameters of
+      ``build`` that have one.
+    needs: which of ``steps_per_epoch`` and ``total_steps`` the method needs:
+      the parameters of ``build`` of these names.
   """
 
   name: str
-  summary: str
-  defaults: Mapping[str, Any]
-  passes: str
-  needs: tuple[str, ...]
-  uses_grad_fn: bool
-  reference: str
-  notes: str
   build: Callable[..., optax.GradientTransformationExtraArgs]
+  passes: str
   mean_passes: Callable[[Mapping[str, Any], int | None], float | None]
+  uses_grad_fn: bool = True
+  reference: str = ""
+  notes: str = ""
+  summary: str = dataclasses.field(init=False)
+  defaults: Mapping[str, Any] = dataclasses.field(init=False)
+  needs: tuple[str, ...] = dataclasses.field(init=False)
+
+  def __post_init__(self):
+    parameters = list(inspect.signature(self.build).parameters.values())[1:]
+    needs = tuple(p.name for p in parameters if p.name in _NEEDS)
+    defaults = {p.name: p.default for p in parameters if p.name not in _NEEDS}
+    if inspect.Parameter.empty in defaults.values():
+      raise TypeError(f"every hyperparameter of {self.name} needs a default")
+    paragraph = inspect.getdoc(self.build).split("\n\n")[0]
+    summary = " ".join(paragraph.split()).replace("``", "")
+    object.__setattr__(self, "summary", summary)
+    object.__setattr__(self, "defaults", types.MappingProxyType(defaults))
+    object.__setattr__(self, "needs", needs)
 
   def describe(self) -> str:
     """A paragraph for a command line's ``--help``."""
@@ -76,8 +120,8 @@ class OptimizerSpec:
     return "\n".join(lines)
 
 
-def _base(optimizer):
-  """The base optimizer alone, accepting and ignoring ``grad_fn``."""
+def _base(optimizer: optax.GradientTransformation):
+  """The base optimizer alone (Adam in the paper); ignores grad_fn."""
   optimizer = optax.with_extra_args_support(optimizer)
 
   def update_fn(updates, state, params=None, *, grad_fn=None, **extra_args):
@@ -87,60 +131,67 @@ def _base(optimizer):
   return optax.GradientTransformationExtraArgs(optimizer.init, update_fn)
 
 
-def _graphsam_rho(hp, steps_per_epoch):
-  """The paper's step-decayed radius, unless ``rho`` is already a schedule."""
-  if callable(hp["rho"]):
-    return hp["rho"]
-  return _schedules.rho_decay_schedule(
-    hp["rho"],
-    hp["gamma"],
-    hp["decay_epochs"],
-    steps_per_epoch=steps_per_epoch,
+def _sam(
+  optimizer: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule = _SAM["rho"],
+):
+  """SAM: every step takes the gradient at w + rho g/||g||."""
+  return sam(optimizer, rho)
+
+
+def _asam(
+  optimizer: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule = _SAM["rho"],
+  adaptive_eta: float = _SAM["adaptive_eta"],
+):
+  """ASAM: SAM with the ball scaled by |w| + adaptive_eta."""
+  return sam(optimizer, rho, adaptive=True, adaptive_eta=adaptive_eta)
+
+
+def _graphsam(
+  optimizer: optax.GradientTransformation,
+  steps_per_epoch: int,
+  rho: optax.ScalarOrSchedule = _GRAPHSAM["rho"],
+  beta: float = _GRAPHSAM["beta"],
+  gamma: float = _RHO_DECAY["gamma"],
+  decay_epochs: int = _RHO_DECAY["decay_epochs"],
+  normalize_anchor: bool = _GRAPHSAM["normalize_anchor"],
+):
+  """GraphSAM: perturbation predicted by a moving average of updating
+  gradients, anchored on a true gradient once per epoch.
+
+  A float ``rho`` decays as the paper's ``rho_decay_schedule``; a schedule is
+  used as is.
+  """
+  if not callable(rho):
+    _common.check_rho(rho)
+    rho = rho_decay_schedule(
+      rho, gamma, decay_epochs, steps_per_epoch=steps_per_epoch
+    )
+  return graphsam(
+    optimizer,
+    anchor_every=steps_per_epoch,
+    rho=rho,
+    beta=beta,
+    normalize_anchor=normalize_anchor,
   )
 
 
-def _spec(name, summary, defaults, passes, build, mean_passes, **fields):
-  fields.setdefault("needs", ())
-  fields.setdefault("uses_grad_fn", True)
-  fields.setdefault("reference", "")
-  fields.setdefault("notes", "")
-  return OptimizerSpec(
-    name=name,
-    summary=summary,
-    defaults=types.MappingProxyType(dict(defaults)),
-    passes=passes,
-    build=build,
-    mean_passes=mean_passes,
-    **fields,
-  )
-
-
+_ONCE_PER_EPOCH = "1, plus 1 at the anchor step of each epoch (T + 1 per epoch)"
 _SPECS = (
-  _spec(
-    "base",
-    "the base optimizer alone (Adam in the paper); ignores grad_fn.",
-    {},
-    "1",
-    lambda opt, hp, spe, total: _base(opt),
-    lambda hp, spe: 1.0,
-    uses_grad_fn=False,
-  ),
-  _spec(
+  OptimizerSpec("base", _base, "1", lambda hp, spe: 1.0, uses_grad_fn=False),
+  OptimizerSpec(
     "sam",
-    "SAM: every step takes the gradient at w + rho g/||g||.",
-    {"rho": 0.05},
+    _sam,
     "2",
-    lambda opt, hp, spe, total: _sam.sam(opt, **hp),
     lambda hp, spe: 2.0,
     reference="Foret et al., ICLR 2021, https://arxiv.org/abs/2010.01412",
     notes="rho 0.05 as in the GraphSAM paper's SAM runs.",
   ),
-  _spec(
+  OptimizerSpec(
     "asam",
-    "ASAM: SAM with the ball scaled by |w| + adaptive_eta.",
-    {"rho": 0.05, "adaptive_eta": 0.01},
+    _asam,
     "2",
-    lambda opt, hp, spe, total: _sam.sam(opt, adaptive=True, **hp),
     lambda hp, spe: 2.0,
     reference="Kwon et al., ICML 2021, https://arxiv.org/abs/2102.11600",
     notes=(
@@ -148,50 +199,32 @@ _SPECS = (
       "baseline; Kwon et al. use larger radii."
     ),
   ),
-  _spec(
+  OptimizerSpec(
     "graphsam",
-    "GraphSAM: perturbation predicted by a moving average of updating "
-    "gradients, anchored on a true gradient once per epoch.",
-    {
-      "rho": 0.05,
-      "beta": 0.99,
-      "gamma": 0.5,
-      "decay_epochs": 1,
-      "normalize_anchor": True,
-    },
-    "1, plus 1 at the anchor step of each epoch (T + 1 per epoch)",
-    lambda opt, hp, spe, total: _graphsam.graphsam(
-      opt,
-      anchor_every=spe,
-      rho=_graphsam_rho(hp, spe),
-      beta=hp["beta"],
-      normalize_anchor=hp["normalize_anchor"],
-    ),
+    _graphsam,
+    _ONCE_PER_EPOCH,
     lambda hp, spe: 1.0 + 1.0 / spe,
-    needs=("steps_per_epoch",),
     reference=_GRAPHSAM_PAPER,
     notes=(
       "rho_e = rho * gamma^floor(e / decay_epochs) per epoch e (paper "
       "defaults); a schedule given as rho is used as is."
     ),
   ),
-  _spec(
+  OptimizerSpec(
     "graphsam_authors",
-    "GraphSAM as the authors' code runs it (ASAM-style per-tensor "
-    "perturbation, compounding rho decay).",
-    {"rho": 0.05, "beta": 0.99, "gamma": 0.5, "decay_epochs": 1},
-    "1, plus 1 at the anchor step of each epoch (T + 1 per epoch)",
-    lambda opt, hp, spe, total: _graphsam.graphsam_authors(opt, spe, **hp),
+    graphsam_authors,
+    _ONCE_PER_EPOCH,
     lambda hp, spe: 1.0 + 1.0 / spe,
-    needs=("steps_per_epoch",),
     reference=_GRAPHSAM_PAPER + "; code github.com/YL-wang/GraphSAM",
+    notes=(
+      "ASAM-style per-tensor perturbation, clip radius and compounding decay "
+      "of rho and radius, as the authors' code."
+    ),
   ),
-  _spec(
+  OptimizerSpec(
     "sam_k",
-    "SAM-k: the SAM perturbation recomputed every k steps, reused between.",
-    {"k": 8, "rho": 0.05},
+    sam_k,
     "1, plus 1 every k steps (1 + 1/k)",
-    lambda opt, hp, spe, total: _graphsam.sam_k(opt, **hp),
     lambda hp, spe: 1.0 + 1.0 / hp["k"],
     reference=_GRAPHSAM_PAPER,
     notes=(
@@ -199,45 +232,33 @@ _SPECS = (
       "reuse schemes cost the same."
     ),
   ),
-  _spec(
+  OptimizerSpec(
     "sam_one",
-    "SAM-One: one true perturbation gradient per epoch, reused all epoch.",
-    {"rho": 0.05},
+    sam_one,
     "1, plus 1 at the first step of each epoch (T + 1 per epoch)",
-    lambda opt, hp, spe, total: _graphsam.sam_one(opt, spe, **hp),
     lambda hp, spe: 1.0 + 1.0 / spe,
-    needs=("steps_per_epoch",),
     reference=_GRAPHSAM_PAPER,
   ),
-  _spec(
+  OptimizerSpec(
     "looksam",
-    "LookSAM: a SAM step every k steps; between, the stored sharpness "
-    "direction g_v is added to the clean gradient.",
-    {"k": 8, "alpha": 0.2, "rho": 1e-4},
+    looksam,
     "2 every k steps, 1 otherwise (1 + 1/k)",
-    lambda opt, hp, spe, total: _looksam.looksam(opt, **hp),
     lambda hp, spe: 1.0 + 1.0 / hp["k"],
     reference="Liu et al., CVPR 2022, https://arxiv.org/abs/2203.02714",
     notes="rho 1e-4, alpha 0.2, k 8 as the GraphSAM paper ran LookSAM.",
   ),
-  _spec(
+  OptimizerSpec(
     "ae_sam",
-    "AE-SAM: a SAM step when ||g||^2 >= mu + c_t sigma (moving averages), "
-    "c_t linear from lambda1 to lambda2 over total_steps.",
-    {"rho": 0.05, "delta": 0.9, "lambda1": -1.0, "lambda2": 1.0},
+    ae_sam,
     "2 on SAM steps, 1 otherwise (data dependent)",
-    lambda opt, hp, spe, total: _ae_sam.ae_sam(opt, total, **hp),
     lambda hp, spe: None,
-    needs=("total_steps",),
     reference="Jiang et al., ICLR 2023, https://arxiv.org/abs/2304.14647",
     notes="delta, lambda1, lambda2 as in Jiang et al.",
   ),
-  _spec(
+  OptimizerSpec(
     "rst",
-    "RST: each step is a SAM step with probability p (float or schedule).",
-    {"p": 0.5, "rho": 0.05, "seed": 0},
+    rst,
     "2 with probability p, 1 otherwise (1 + p)",
-    lambda opt, hp, spe, total: _rst.rst(opt, **hp),
     lambda hp, spe: None if callable(hp["p"]) else 1.0 + hp["p"],
     reference=(
       "Zhao, Zhang and Hu, Randomized Sharpness-Aware Training, 2022, "
@@ -268,8 +289,8 @@ def optimizer_spec(name: str) -> OptimizerSpec:
 
   Examples:
     >>> from graphsam_optax import optimizer_spec
-    >>> print(optimizer_spec("looksam").describe())  # doctest: +ELLIPSIS
-    looksam: LookSAM: a SAM step every k steps; ...
+    >>> print(optimizer_spec("looksam").describe())
+    looksam: LookSAM: SAM every k steps, its sharpness component reused between.
       hyperparameters: k=8, alpha=0.2, rho=0.0001
       gradient passes per step: 2 every k steps, 1 otherwise (1 + 1/k)
       notes: rho 1e-4, alpha 0.2, k 8 as the GraphSAM paper ran LookSAM.
@@ -360,7 +381,7 @@ def get_optimizer(
     sam rho=0.05
     asam rho=0.05 adaptive_eta=0.01
     graphsam rho=0.05 beta=0.99 gamma=0.5 decay_epochs=1 normalize_anchor=True
-    graphsam_authors rho=0.05 beta=0.99 gamma=0.5 decay_epochs=1
+    graphsam_authors rho=0.05 beta=0.99 gamma=0.5 decay_epochs=1 radius=0.05
     sam_k k=8 rho=0.05
     sam_one rho=0.05
     looksam k=8 alpha=0.2 rho=0.0001
@@ -382,5 +403,6 @@ def get_optimizer(
         f"optimizer {name!r} needs {needed}, got {needed}=None: pass "
         f"get_optimizer({name!r}, optimizer, {needed}=...)."
       )
-  merged = {**spec.defaults, **hyperparameters}
-  return spec.build(optimizer, merged, steps_per_epoch, total_steps)
+    _common.check_integer(needed, given[needed], 1, _NEEDS[needed])
+  needs = {needed: given[needed] for needed in spec.needs}
+  return spec.build(optimizer, **needs, **{**spec.defaults, **hyperparameters})

@@ -34,11 +34,12 @@ def rst(
   rho: optax.ScalarOrSchedule = 0.05,
   seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Randomized sharpness-aware training (RST, first called SS-SAM).
+  r"""RST: each step is a SAM step with probability ``p``, else a plain step.
 
-  Each step draws a Bernoulli trial with probability :math:`p_t`, a float or
-  a schedule of the step count: on success a SAM step, otherwise a plain step
-  of the base optimizer:
+  Randomized sharpness-aware training (RST, first called SS-SAM). Each step
+  draws a Bernoulli trial with probability :math:`p_t`, a float or a schedule
+  of the step count: on success a SAM step, otherwise a plain step of the base
+  optimizer:
 
   .. math::
     g_t &= \nabla L_{B_t}(w_t), \qquad u_t \sim \mathcal{U}[0, 1) \\
@@ -107,10 +108,9 @@ def rst(
     >>> print(int(state.sam_steps), f"{float(loss(params)):.4f}")
     5 0.1021
   """
-  if _common.is_concrete(p) and not 0 <= p <= 1:
-    raise ValueError(
-      f"p must be in [0, 1], got p={p!r}: it is the probability of a SAM step."
-    )
+  _common.check_float(
+    "p", p, "it is the probability of a SAM step.", low=0, high=1
+  )
   _common.check_rho(rho)
   if isinstance(seed, bool) or not isinstance(seed, (int, jax.Array)):
     raise ValueError(

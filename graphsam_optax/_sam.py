@@ -109,8 +109,8 @@ def sam(
     0.2443
   """
   _common.check_rho(rho)
-  _common.check_at_least(
-    "adaptive_eta", adaptive_eta, 0, "it is the offset of ASAM's |w| + eta."
+  _common.check_float(
+    "adaptive_eta", adaptive_eta, "it is the offset of ASAM's |w| + eta.", low=0
   )
   optimizer = optax.with_extra_args_support(optimizer)
 

@@ -7,27 +7,56 @@ are step functions of the optimizer step, built here as ordinary optax
 schedules so they plug into ``graphsam(rho=...)``.
 """
 
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
 import optax
 
+from graphsam_optax import _common
 
-def _check(init_rho, gamma, decay_epochs, steps_per_epoch):
-  if init_rho < 0:
-    raise ValueError(
-      f"init_rho must be >= 0, got init_rho={init_rho!r}: it is the radius of "
-      "the perturbation ball at the first epoch."
-    )
-  if not 0 < gamma <= 1:
-    raise ValueError(
-      f"gamma must be in (0, 1], got gamma={gamma!r}: it is the factor by "
-      "which rho shrinks at each decay."
-    )
-  for name, value in (
-    ("decay_epochs", decay_epochs),
-    ("steps_per_epoch", steps_per_epoch),
-  ):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}.")
+
+def _staircase(
+  init_rho: float,
+  gamma: float,
+  decay_epochs: int,
+  steps_per_epoch: int,
+  exponent: Callable[[jax.Array], jax.Array],
+) -> optax.Schedule:
+  """``init_rho · gamma^exponent(m)`` after ``m`` decays, validated.
+
+  Computed in the default float dtype (float64 when x64 is enabled), whatever
+  the dtype of the step count; ``init_rho`` and ``gamma`` may be arrays.
+  """
+  _common.check_rho(init_rho, "init_rho")
+  _common.check_float(
+    "gamma",
+    gamma,
+    "it is the factor by which rho shrinks at each decay.",
+    low=0,
+    high=1,
+    low_open=True,
+  )
+  _common.check_integer(
+    "decay_epochs",
+    decay_epochs,
+    1,
+    "it is the number of epochs between decays.",
+  )
+  _common.check_integer(
+    "steps_per_epoch",
+    steps_per_epoch,
+    1,
+    "it is the number of optimizer steps in one epoch.",
+  )
+  steps_per_decay = decay_epochs * steps_per_epoch
+
+  def schedule(count):
+    dtype = jnp.result_type(float)
+    decays = jnp.floor_divide(count, steps_per_decay).astype(dtype)
+    return init_rho * jnp.power(jnp.asarray(gamma, dtype), exponent(decays))
+
+  return schedule
 
 
 def rho_decay_schedule(
@@ -66,12 +95,8 @@ def rho_decay_schedule(
     >>> [round(float(schedule(10 * e)), 6) for e in range(5)]
     [0.05, 0.025, 0.0125, 0.00625, 0.003125]
   """
-  _check(init_rho, gamma, decay_epochs, steps_per_epoch)
-  return optax.exponential_decay(
-    init_value=init_rho,
-    transition_steps=decay_epochs * steps_per_epoch,
-    decay_rate=gamma,
-    staircase=True,
+  return _staircase(
+    init_rho, gamma, decay_epochs, steps_per_epoch, lambda decays: decays
   )
 
 
@@ -109,11 +134,10 @@ def compounding_rho_schedule(
     >>> [round(float(schedule(10 * e)), 8) for e in range(4)]
     [0.05, 0.025, 0.00625, 0.00078125]
   """
-  _check(init_rho, gamma, decay_epochs, steps_per_epoch)
-  steps_per_decay = decay_epochs * steps_per_epoch
-
-  def schedule(count):
-    decays = jnp.floor_divide(count, steps_per_decay)
-    return init_rho * jnp.power(gamma, decays * (decays + 1) / 2)
-
-  return schedule
+  return _staircase(
+    init_rho,
+    gamma,
+    decay_epochs,
+    steps_per_epoch,
+    lambda decays: decays * (decays + 1) / 2,
+  )

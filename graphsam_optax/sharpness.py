@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from graphsam_optax import _common
+
 __all__ = [
   "EigenResult",
   "TopKResult",
@@ -112,22 +114,20 @@ def hvp(loss_fn: LossFn, params: Any, vector: Any) -> Any:
   return jax.jvp(jax.grad(loss_fn), (params,), (vector,))[1]
 
 
-def _normalize(tree: Any) -> Any:
-  """``tree / ||tree||``, zero for a zero tree, leaves keep their dtype."""
-  norm = optax.tree.norm(tree)
-  inv = jnp.where(norm > 0, 1.0 / jnp.where(norm > 0, norm, 1.0), 0.0)
-  return jax.tree.map(lambda x: (x * inv).astype(x.dtype), tree)
-
-
 def _converged(value, previous, rtol) -> jax.Array:
   return jnp.all(jnp.abs(value - previous) <= rtol * jnp.abs(value))
 
 
 def _check_options(rtol, max_iters) -> None:
-  if isinstance(max_iters, int) and max_iters < 1:
-    raise ValueError(f"max_iters must be at least 1, got {max_iters}.")
-  if isinstance(rtol, int | float) and rtol < 0:
-    raise ValueError(f"rtol must be non-negative, got {rtol}.")
+  _common.check_float(
+    "rtol",
+    rtol,
+    "it is the relative tolerance on successive eigenvalue estimates.",
+    low=0,
+  )
+  _common.check_integer(
+    "max_iters", max_iters, 1, "it caps the iterations of the eigensolver."
+  )
 
 
 def _start_vector(params, init, key) -> Any:
@@ -139,7 +139,7 @@ def _start_vector(params, init, key) -> Any:
 
 def _power_iteration(matvec, start, rtol, max_iters) -> EigenResult:
   """Power iteration for the eigenvalue of largest magnitude of ``matvec``."""
-  vector = _normalize(start)
+  vector = _common.normalized(start)
   dtype = jax.eval_shape(optax.tree.vdot, vector, vector).dtype
   inf = jnp.full([], jnp.inf, dtype)
   carry = (jnp.zeros([], jnp.int32), vector, inf, inf)
@@ -152,7 +152,7 @@ def _power_iteration(matvec, start, rtol, max_iters) -> EigenResult:
     count, vector, value, _ = carry
     product = matvec(vector)
     new_value = optax.tree.vdot(vector, product)
-    return count + 1, _normalize(product), new_value, value
+    return count + 1, _common.normalized(product), new_value, value
 
   count, vector, value, previous = jax.lax.while_loop(cond_fn, body_fn, carry)
   return EigenResult(value, vector, count, _converged(value, previous, rtol))
@@ -543,7 +543,7 @@ def alignment(grad: Any, vector: Any) -> jax.Array:
     0.60
   """
   denominator = optax.tree.norm(grad) * optax.tree.norm(vector)
-  positive = denominator > 0
-  safe = jnp.where(positive, denominator, 1.0)
-  cosine = jnp.abs(optax.tree.vdot(grad, vector)) / safe
-  return jnp.where(positive, jnp.minimum(cosine, 1.0), 0.0)
+  cosine = _common.safe_divide(
+    jnp.abs(optax.tree.vdot(grad, vector)), denominator
+  )
+  return jnp.minimum(cosine, 1.0)

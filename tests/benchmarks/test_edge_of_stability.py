@@ -11,6 +11,7 @@ pytest.importorskip("rdkit")
 pytest.importorskip("matplotlib")
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_consistent_records(tmp_path):
   done = scripts.run_script(
     "edge_of_stability", "--smoke", "--out", str(tmp_path)

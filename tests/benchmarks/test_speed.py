@@ -56,6 +56,7 @@ def smoke(tmp_path_factory):
   return done.stdout, json.loads((out / "speed.json").read_text()), out
 
 
+@pytest.mark.slow
 def test_smoke_prints_command_machine_and_table(smoke):
   stdout, result, out = smoke
   assert "command:" in stdout and "machine:" in stdout
@@ -66,6 +67,7 @@ def test_smoke_prints_command_machine_and_table(smoke):
   assert "Targets" in text
 
 
+@pytest.mark.slow
 def test_smoke_records_are_complete_and_finite(smoke):
   _, result, _ = smoke
   steps, rounds = result["steps"], result["rounds"]
@@ -86,6 +88,7 @@ def test_smoke_records_are_complete_and_finite(smoke):
   assert "anchor_step_cost_vs_adam" not in summary["rst"]
 
 
+@pytest.mark.slow
 def test_smoke_counts_passes_and_state_bytes(smoke):
   _, result, _ = smoke
   steps = result["steps"]
@@ -103,6 +106,7 @@ def test_smoke_counts_passes_and_state_bytes(smoke):
   np.testing.assert_allclose(state["rst"], 1.0, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_smoke_times_pipeline_evaluation_and_flops(smoke):
   _, result, _ = smoke
   assert result["graphs_per_round"] == result["steps"] * result["batch_size"]
@@ -122,6 +126,7 @@ def _group(result, names):
   return {**result, "summary": {n: result["summary"][n] for n in names}}
 
 
+@pytest.mark.slow
 def test_combine_keeps_each_groups_ratios_and_names_the_groups(smoke, tmp_path):
   _, result, _ = smoke
   paths = []
@@ -147,6 +152,7 @@ def test_combine_keeps_each_groups_ratios_and_names_the_groups(smoke, tmp_path):
   assert merged["command"].startswith("python benchmarks/speed.py --combine")
 
 
+@pytest.mark.slow
 def test_combine_rejects_a_group_without_adam_or_another_set_up(
   smoke, tmp_path
 ):

@@ -1,34 +1,27 @@
-"""benchmarks/training_curves.py on real (tiny) training runs."""
+"""benchmarks/training_curves.py on finished runs stored as fixture files.
+
+``data/training_curves/`` holds the ``metrics.csv`` and ``summary.json`` (all
+that the script reads) of three tiny ``graphsam-train`` runs: the test
+config on 64 nci5k-tpsa molecules for 2 epochs, graphsam with seeds 0 and 1,
+adam with seed 0 (made by ``models.train.train_and_evaluate``).
+"""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models import train
-from models.configs import test as test_config
 from tests.benchmarks import scripts
-from tests.models import synthetic
 
-RUNS = (("graphsam", 0), ("graphsam", 1), ("adam", 0))
+pytestmark = pytest.mark.slow  # runs a benchmark script (matplotlib)
+
+RUNS = Path(__file__).parent / "data" / "training_curves"
 
 
 @pytest.fixture(scope="module")
-def run_dirs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("runs")
-  config = test_config.get_config().replace(epochs=2, max_molecules=64)
-  dirs = []
-  for optimizer, seed in RUNS:
-    run_dir = root / f"{optimizer}-s{seed}"
-    train.train_and_evaluate(
-      config.replace(optimizer=optimizer, seed=seed),
-      run_dir,
-      cache_dir=synthetic.TEST_CACHE,
-      progress=False,
-      log=lambda _: None,
-    )
-    dirs.append(run_dir)
-  return dirs
+def run_dirs():
+  return [RUNS / name for name in ("graphsam-s0", "graphsam-s1", "adam-s0")]
 
 
 def test_report_tables_and_plot(run_dirs, tmp_path):

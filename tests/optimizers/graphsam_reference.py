@@ -105,17 +105,35 @@ def _clip_leaf(v, radius):
   return v if norm <= radius else v * radius / norm
 
 
-def graphsam_authors_code(w, grad, base, steps, steps_per_epoch, rho, beta):
-  """§3 items 1-3 and 5: the authors' code, with the anchor's second pass."""
+def graphsam_authors_code(
+  w, grad, base, steps, steps_per_epoch, rho, beta, radius, *, loss=None
+):
+  """§3 of the reference notes, with the anchor's second pass.
+
+  Args:
+    w, grad, base, steps: as in graphsam_paper.
+    steps_per_epoch: the code anchors at the first step of every epoch.
+    rho: rho(t), the scale of the anchor perturbation.
+    beta: EMA decay.
+    radius: radius(t), the per-tensor clip radius (the code's `radius`).
+    loss: loss(w, t); when given, every pass at a perturbed point is seeded
+      with the loss value, L * grad L, as the code's backward(loss) does
+      (item 4), while the anchor's own pass stays a plain gradient.
+  """
+
+  def seeded(v, t):
+    g = grad(v, t)
+    return g if loss is None else scaled(g, loss(v, t))
+
   history, h, omega = [], None, None
   for t in range(steps):
-    r = rho(t)
+    r, clip = rho(t), radius(t)
     if t % steps_per_epoch == 0:
       g = grad(w, t)
       h = g
       # ASAM scale with w^2 (eta 0), then each tensor clipped to radius.
       denom = np.sqrt(sum(np.sum((w[k] * g[k]) ** 2) for k in w)) + 1e-12
-      delta = {k: _clip_leaf(r * w[k] ** 2 * g[k] / denom, r) for k in w}
+      delta = {k: _clip_leaf(r * w[k] ** 2 * g[k] / denom, clip) for k in w}
     else:
       h = {
         k: beta * h[k] + (1 - beta) * omega[k] / np.linalg.norm(omega[k] + 1e-8)
@@ -123,9 +141,9 @@ def graphsam_authors_code(w, grad, base, steps, steps_per_epoch, rho, beta):
       }
       # The code divides by the norm of zeroed gradients: every tensor clips.
       delta = {
-        k: r * w[k] ** 2 * h[k] / np.linalg.norm(w[k] ** 2 * h[k]) for k in w
+        k: clip * w[k] ** 2 * h[k] / np.linalg.norm(w[k] ** 2 * h[k]) for k in w
       }
-    omega = grad(add(w, delta), t)
+    omega = seeded(add(w, delta), t)
     w = base.step(w, omega)
     history.append(w)
   return history

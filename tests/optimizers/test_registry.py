@@ -6,6 +6,8 @@ checks hold for every name alike, with expectations read from its spec.
 """
 
 import functools
+import inspect
+import math
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+import graphsam_optax
 from graphsam_optax import eval_params
 from graphsam_optax import get_optimizer
 from graphsam_optax import optimizer_names
@@ -86,6 +89,30 @@ def test_paper_defaults():
   )
 
 
+# The public factories behind each name, whose defaults the registry shares.
+FACTORIES = {
+  "base": (),
+  "sam": (graphsam_optax.sam,),
+  "asam": (graphsam_optax.sam,),
+  "graphsam": (graphsam_optax.graphsam, graphsam_optax.rho_decay_schedule),
+  "graphsam_authors": (graphsam_optax.graphsam_authors,),
+  "sam_k": (graphsam_optax.sam_k,),
+  "sam_one": (graphsam_optax.sam_one,),
+  "looksam": (graphsam_optax.looksam,),
+  "ae_sam": (graphsam_optax.ae_sam,),
+  "rst": (graphsam_optax.rst,),
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_defaults_are_the_factories_defaults(name):
+  defaults = optimizer_spec(name).defaults
+  for factory in FACTORIES[name]:
+    parameters = inspect.signature(factory).parameters
+    for key in set(defaults) & set(parameters):
+      assert defaults[key] == parameters[key].default, (factory, key)
+
+
 def test_unknown_name_raises_listing_the_names():
   with pytest.raises(ValueError, match="name='adamw'.*base, sam, asam"):
     get_optimizer("adamw", optax.adam(1e-3))
@@ -115,6 +142,100 @@ def test_bad_values_raise_from_the_factories():
     get_optimizer("sam", optax.adam(1e-3), rho=-1.0)
   with pytest.raises(ValueError, match="p=2.0"):
     get_optimizer("rst", optax.adam(1e-3), p=2.0)
+
+
+@pytest.mark.parametrize(
+  "name, given, match",
+  [
+    ("sam_k", {"k": 0}, "k=0"),
+    ("sam_one", {"steps_per_epoch": 0}, "steps_per_epoch=0"),
+    ("graphsam", {"steps_per_epoch": 0}, "steps_per_epoch=0"),
+    ("graphsam_authors", {"steps_per_epoch": 2.5}, "steps_per_epoch=2.5"),
+    ("ae_sam", {"total_steps": 0}, "total_steps=0"),
+    ("graphsam", {"rho": -1.0}, "rho=-1.0"),
+    ("graphsam_authors", {"rho": -1.0}, "rho=-1.0"),
+  ],
+)
+def test_errors_name_the_callers_arguments(name, given, match):
+  given = {"steps_per_epoch": 5, "total_steps": 50, **given}
+  with pytest.raises(ValueError, match=match) as error:
+    get_optimizer(name, optax.adam(1e-3), **given)
+  for internal in ("anchor_every", "init_rho", "leaf_radius"):
+    assert internal not in str(error.value)
+
+
+def _floats(name):
+  """The float hyperparameters of ``name`` with their defaults."""
+  defaults = optimizer_spec(name).defaults
+  return {k: v for k, v in defaults.items() if isinstance(v, float)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_floats_raise_naming_them(name, value):
+  for key in _floats(name):
+    with pytest.raises(ValueError, match=f"{key}={value!r}"):
+      get_optimizer(
+        name,
+        optax.adam(1e-3),
+        steps_per_epoch=5,
+        total_steps=50,
+        **{key: value},
+      )
+
+
+TRACED_STEPS = 6
+
+
+def _scan_run(name, hyperparameters):
+  """TRACED_STEPS steps of ``name`` (anchors or SAM steps every 3) in a scan."""
+  static = {"k": 3} if "k" in optimizer_spec(name).defaults else {}
+  tx = get_optimizer(
+    name,
+    optax.adam(1e-2),
+    steps_per_epoch=3,
+    total_steps=TRACED_STEPS,
+    **static,
+    **hyperparameters,
+  )
+
+  def step(carry, t):
+    params, state = carry
+    grad_fn = lambda p: jax.grad(ref.loss)(p, t)
+    updates, state = tx.update(grad_fn(params), state, params, grad_fn=grad_fn)
+    return (optax.apply_updates(params, updates), state), None
+
+  params = ref.as_jax(ref.W0)
+  carry = (params, tx.init(params))
+  return jax.lax.scan(step, carry, jnp.arange(TRACED_STEPS))[0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float_hyperparameters_may_be_traced(name):
+  # A training step built inside jax.jit from traced hyperparameters: the
+  # same trajectory as the concrete build, and one compilation for any value.
+  floats = _floats(name)
+  traces = []
+
+  @jax.jit
+  def traced(hyperparameters):
+    traces.append(1)
+    return _scan_run(name, hyperparameters)
+
+  as_arrays = lambda scale: {
+    k: jnp.float32(v * scale) for k, v in floats.items()
+  }
+  got = traced(as_arrays(1.0))
+  want = jax.jit(lambda: _scan_run(name, floats))()
+  jax.tree.map(
+    lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7),
+    got,
+    want,
+  )
+  other = traced(as_arrays(0.9))
+  assert len(traces) == 1 and traced._cache_size() == 1
+  if floats:
+    assert not np.allclose(other[0]["w"], got[0]["w"])
 
 
 def test_rho_schedule_is_used_as_is_by_graphsam():
