@@ -712,7 +712,7 @@ def _config_record(config: default.Config) -> dict:
   return record
 
 
-class _Engine(NamedTuple):
+class Engine(NamedTuple):
   """How a run trains: its step, its batches and where its state lives.
 
   ``epoch_batches(epoch, seed, drop_last)`` yields ``(batch, blocks,
@@ -726,8 +726,25 @@ class _Engine(NamedTuple):
   steps_per_epoch: int
 
 
-def _engine(fns, data, config, task_type, num_devices, log) -> _Engine:
-  """The single-device or data-parallel step and batches of a run."""
+def make_engine(
+  fns: Functions,
+  data: input_pipeline.PreparedData,
+  config: default.Config,
+  task_type: str,
+  num_devices: int | None,
+  log: Callable[[str], Any],
+) -> Engine:
+  """The single-device or data-parallel step and batches of a run.
+
+  Args:
+    fns: the run's family (:func:`build`); its compiled steps are reused.
+    data: the prepared dataset.
+    config: the run (``drop_last``, ``fixed_shapes``).
+    task_type: ``"classification"`` or ``"regression"``.
+    num_devices: devices the batches are split over (:mod:`models.parallel`);
+      None uses all, 1 trains on one device.
+    log: receives the compilation lines.
+  """
   mesh = parallel.make_mesh(num_devices)
   if mesh.size == 1:
     device = mesh.devices.flat[0]
@@ -761,7 +778,7 @@ def _engine(fns, data, config, task_type, num_devices, log) -> _Engine:
     )
     place = functools.partial(parallel.replicate, mesh=mesh)
   step.log = fns.predicts.log = log
-  return _Engine(
+  return Engine(
     step,
     epoch_batches,
     place,
@@ -769,12 +786,16 @@ def _engine(fns, data, config, task_type, num_devices, log) -> _Engine:
   )
 
 
-def _train_epoch(
-  engine: _Engine, params, opt_state, values, epoch, config, progress
+def train_epoch(
+  engine: Engine, params, opt_state, values, epoch: int, config, progress: bool
 ):
-  """One epoch of steps; returns the new state, the device-summed
-  :class:`EpochTotals`, the molecules seen and the seconds of stepping
-  (compilation excluded)."""
+  """Trains epoch ``epoch`` (1-based) of ``config``'s batches.
+
+  ``values`` are the float hyperparameters placed by ``engine.place``.
+  Returns ``(params, opt_state, totals, molecules, seconds)``: the new
+  state, the device-summed :class:`EpochTotals` (read once, at the end), the
+  molecules seen and the seconds of stepping (compilation excluded).
+  """
   totals, graphs, pending = engine.place(EpochTotals.zeros()), 0, []
   batches = engine.epoch_batches(epoch - 1, config.seed, config.drop_last)
   bar = tqdm.tqdm(
@@ -864,7 +885,7 @@ def train_and_evaluate(
     )
   create_optimizer(config, steps_per_epoch)  # validates the values
   fns = build(config, spec.num_tasks, spec.task_type, steps_per_epoch)
-  engine = _engine(fns, data, config, spec.task_type, num_devices, log)
+  engine = make_engine(fns, data, config, spec.task_type, num_devices, log)
   values = engine.place(
     {k: np.float32(v) for k, v in float_hyperparameters(config).items()}
   )
@@ -914,7 +935,7 @@ def train_and_evaluate(
       config.patience
     ):
       epoch += 1
-      params, opt_state, totals, graphs, train_time = _train_epoch(
+      params, opt_state, totals, graphs, train_time = train_epoch(
         engine, params, opt_state, values, epoch, config, progress
       )
       if totals.first_nonfinite >= 0:
