@@ -32,6 +32,7 @@ batch on the host overlaps the step.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -629,36 +630,70 @@ def build(
   return _BUILT[key]
 
 
+# Compilations started ahead of need run here, one at a time, beside the
+# training loop (XLA releases the GIL while it compiles).
+_COMPILER = concurrent.futures.ThreadPoolExecutor(
+  max_workers=1, thread_name_prefix="compile"
+)
+
+
 class CompiledSteps:
-  """The executables of one jitted function, compiled ahead of first use.
+  """The executables of one jitted function, compiled ahead of use.
 
   ``get(*args, blocks=...)`` returns the executable for the arguments'
   shapes, compiling it the first time (and logging how long that took);
-  later runs of the same family reuse it. ``compiled`` and ``seconds``
-  count the compilations and their time; ``log`` receives the lines.
+  ``prefetch(*args, blocks=...)`` starts that compilation in a background
+  thread (the arguments may be ``jax.ShapeDtypeStruct``s), so that a later
+  ``get`` only waits for what is left of it. Later runs of the same family
+  reuse every executable. ``compiled`` and ``seconds`` count the
+  compilations and their time, ``waited`` the seconds ``get`` spent
+  waiting for one; ``log`` receives the lines.
   """
 
   def __init__(self, jitted, what: str):
     self.jitted, self.what = jitted, what
     self.executables: dict = {}
-    self.compiled, self.seconds = 0, 0.0
+    self.compiled, self.seconds, self.waited = 0, 0.0, 0.0
     self.log: Callable[[str], Any] = print
 
-  def get(self, *args, blocks):
+  @staticmethod
+  def _key(args, blocks) -> tuple:
     leaves, treedef = jax.tree.flatten(args)
-    key = (treedef, tuple((np.shape(x), x.dtype) for x in leaves), blocks)
+    return treedef, tuple((np.shape(x), x.dtype) for x in leaves), blocks
+
+  def _compile(self, args, blocks):
+    tic = time.perf_counter()
+    executable = self.jitted.lower(*args, blocks=blocks).compile()
+    seconds = time.perf_counter() - tic
+    self.compiled += 1
+    self.seconds += seconds
+    self.log(
+      f"compiled the {self.what} for batches of {blocks[0]} blocks of "
+      f"{blocks[1]} atoms in {seconds:.1f} s"
+    )
+    return executable
+
+  def prefetch(self, *args, blocks) -> None:
+    key = self._key(args, blocks)
     if key not in self.executables:
-      self.log(
-        f"compiling the {self.what} for batches of {blocks[0]} blocks of "
-        f"{blocks[1]} atoms..."
-      )
+      self.executables[key] = _COMPILER.submit(self._compile, args, blocks)
+
+  def get(self, *args, blocks):
+    key = self._key(args, blocks)
+    executable = self.executables.get(key)
+    if isinstance(executable, concurrent.futures.Future) or executable is None:
       tic = time.perf_counter()
-      self.executables[key] = self.jitted.lower(*args, blocks=blocks).compile()
-      seconds = time.perf_counter() - tic
-      self.compiled += 1
-      self.seconds += seconds
-      self.log(f"compiled the {self.what} in {seconds:.1f} s")
-    return self.executables[key]
+      if executable is None:
+        self.log(
+          f"compiling the {self.what} for batches of {blocks[0]} blocks of "
+          f"{blocks[1]} atoms..."
+        )
+        executable = self._compile(args, blocks)
+      else:
+        executable = executable.result()
+      self.executables[key] = executable
+      self.waited += time.perf_counter() - tic
+    return executable
 
 
 class _Checkpoints:
@@ -724,6 +759,7 @@ class Engine(NamedTuple):
   epoch_batches: Callable[..., Iterator[tuple]]
   place: Callable[[Any], Any]
   steps_per_epoch: int
+  num_devices: int
 
 
 def make_engine(
@@ -783,7 +819,43 @@ def make_engine(
     epoch_batches,
     place,
     data.steps_per_epoch(config.drop_last),
+    mesh.size,
   )
+
+
+def _prefetch(fns, engine, data, first, values, shapes) -> None:
+  """Starts compiling, in the background, the train step for the first
+  batch's shape, then for the other shapes, then the evaluation.
+
+  ``shapes`` are the ``(params, opt_state)`` shapes: the first compilation
+  runs while the parameters are initialized, the others while the first
+  epoch trains.
+  """
+  params, opt_state = shapes
+  budgets = sorted(
+    data.budgets, key=lambda b: b.blocks != data.blocks_of(first)
+  )
+  for budget in budgets:
+    batch = input_pipeline.make_batch(
+      data.dataset.graphs,
+      data.dataset.labels,
+      data.split.train[:1],
+      [budget],
+      scaler=data.scaler,
+    )
+    engine.step.prefetch(
+      params,
+      opt_state,
+      EpochTotals.zeros(),
+      batch,
+      values,
+      blocks=budget.blocks,
+    )
+  for budget in data.budgets:
+    graphs = input_pipeline.make_batch(
+      data.dataset.graphs, data.dataset.labels, data.split.valid[:1], [budget]
+    ).graphs
+    fns.predicts.prefetch(params, graphs, blocks=budget.blocks)
 
 
 def train_epoch(
@@ -804,7 +876,7 @@ def train_epoch(
     disable=not progress,
     leave=False,
   )
-  tic, compiling = time.perf_counter(), engine.step.seconds
+  tic, waited = time.perf_counter(), engine.step.waited
   for batch, blocks, count in batches:
     step = engine.step.get(
       params, opt_state, totals, batch, values, blocks=blocks
@@ -819,7 +891,7 @@ def train_epoch(
     bar.set_postfix(graphs_s=f"{graphs / (time.perf_counter() - tic):.0f}")
   totals = jax.device_get(totals)
   bar.close()
-  seconds = time.perf_counter() - tic - (engine.step.seconds - compiling)
+  seconds = time.perf_counter() - tic - (engine.step.waited - waited)
   return params, opt_state, totals, graphs, seconds
 
 
@@ -890,9 +962,12 @@ def train_and_evaluate(
     {k: np.float32(v) for k, v in float_hyperparameters(config).items()}
   )
   first = next(data.train_batches(0, config.seed, config.drop_last))
-  params, opt_state = fns.init(
-    config.seed, first.graphs, values, data.blocks_of(first)
-  )
+  init_args = (config.seed, first.graphs, values)
+  blocks = data.blocks_of(first)
+  if engine.num_devices == 1:
+    shapes = fns.init.eval_shape(*init_args, blocks=blocks)
+    _prefetch(fns, engine, data, first, values, shapes)
+  params, opt_state = fns.init(*init_args, blocks)
   state = {
     "params": params,
     "opt_state": opt_state,
