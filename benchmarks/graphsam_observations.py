@@ -196,38 +196,45 @@ def init_observers(params) -> Observers:
 
 
 def make_observed_sam_step(
-  loss_fn, tx, compiler_options=None, **observe_kwargs
+  loss_fn, make_tx, compiler_options=None, **observe_kwargs
 ):
   """A jitted SAM step that also returns the record of both SAM gradients.
 
-  ``loss_fn(params, batch, max_atoms)`` is the minibatch loss and ``tx``
-  must be SAM: its single ``grad_fn`` call gives ``omega_t``, which is
-  captured here rather than recomputed, so observing costs no extra pass.
+  The engine's step (``train.optimizer_step``: the optimizer built inside
+  the step from the float hyperparameters ``values``, the loss summed into
+  a ``train.EpochTotals``) with its two gradients captured rather than
+  recomputed, so observing costs no extra pass. ``loss_fn(params, batch,
+  blocks)`` is the minibatch loss and ``make_tx(values)`` must build SAM:
+  its first gradient is ``g_t``, its single ``grad_fn`` call ``omega_t``.
   ``compiler_options`` go to ``jax.jit``, ``observe_kwargs`` to
   :func:`observe`.
+
+  Returns:
+    ``step(params, opt_state, totals, observers, count, batch, values,
+    blocks)`` -> ``(params, opt_state, totals, observers, record)``, with
+    ``blocks`` static (``PreparedData.blocks_of``).
   """
-  value_and_grad = jax.value_and_grad(loss_fn)
-  grad = jax.grad(loss_fn)
 
   @functools.partial(
-    jax.jit, static_argnames="max_atoms", compiler_options=compiler_options
+    jax.jit, static_argnames="blocks", compiler_options=compiler_options
   )
-  def step(params, opt_state, observers, count, batch, max_atoms):
-    omegas = []
+  def step(params, opt_state, totals, observers, count, batch, values, blocks):
+    value_and_grad = jax.value_and_grad(lambda p: loss_fn(p, batch, blocks))
+    calls = []
 
-    def grad_fn(p):
-      omegas.append(grad(p, batch, max_atoms))
-      return omegas[-1]
+    def captured(p):
+      calls.append(value_and_grad(p))
+      return calls[-1]
 
-    loss, g = value_and_grad(params, batch, max_atoms)
-    updates, opt_state = tx.update(g, opt_state, params, grad_fn=grad_fn)
-    if len(omegas) != 1:
-      raise ValueError(f"SAM called grad_fn {len(omegas)} times, not once")
-    observers, record = observe(
-      observers, g, omegas[0], count, **observe_kwargs
+    params, opt_state, totals = train.optimizer_step(
+      make_tx, captured, params, opt_state, totals, values
     )
+    if len(calls) != 2:
+      raise ValueError(f"SAM took {len(calls)} gradients, not two")
+    (loss, g), (_, omega) = calls
+    observers, record = observe(observers, g, omega, count, **observe_kwargs)
     record["loss"] = loss
-    return optax.apply_updates(params, updates), opt_state, observers, record
+    return params, opt_state, totals, observers, record
 
   return step
 
@@ -238,12 +245,13 @@ class HessianSubset(NamedTuple):
   Attributes:
     batches: a GraphBatch whose leaves carry a leading chunk axis.
     weights: f32[chunks], each chunk's share of the subset's labels.
-    max_atoms: the static block size of every chunk.
+    shape: the padded shape of every chunk; ``shape.blocks`` is their
+      static attention layout.
   """
 
   batches: input_pipeline.GraphBatch
   weights: np.ndarray
-  max_atoms: int
+  shape: input_pipeline.BatchShape
 
 
 def hessian_subset(
@@ -251,37 +259,41 @@ def hessian_subset(
 ) -> HessianSubset:
   """The first ``molecules`` training molecules, in chunks of a batch.
 
-  Every chunk is padded to one budget, the tightest that fits all of them,
-  and one block size, so the subset's loss is a single ``lax.map`` (one
-  compilation) at a fraction of the cost of the training budget, which
-  must fit the dataset's largest molecules.
+  Every chunk is padded to one shape, the one that holds any batch of the
+  subset (``padding_budgets``) tightened to the chunks' largest atom, pair
+  and block counts, so the subset's loss is a single ``lax.map`` (one
+  compilation, one block layout) at a fraction of the cost of the training
+  shape, which must fit the dataset's largest molecules.
   """
   idx = data.split.train[:molecules]
-  n_atoms = data.dataset.n_atoms.astype(np.int64)
+  n_atoms = data.dataset.n_atoms
   chunks = [
     idx[start : start + data.batch_size]
     for start in range(0, len(idx), data.batch_size)
   ]
-  budget = input_pipeline.GraphsTupleSize(
-    n_node=max(int(n_atoms[c].sum()) for c in chunks) + 1,
-    n_edge=max(int((n_atoms[c] ** 2).sum()) for c in chunks),
-    n_graph=data.batch_size + 1,
+  largest = input_pipeline.padding_budgets(n_atoms[idx], data.batch_size)[-1]
+  nodes, pairs, blocks = np.max(
+    [
+      input_pipeline.batch_totals(n_atoms, c, largest.block_size)
+      for c in chunks
+    ],
+    axis=0,
+  )
+  shape = largest._replace(
+    n_node=int(nodes) + 1, n_edge=int(pairs), block_count=int(blocks)
   )
   labels = data.dataset.labels
   batches = [
     input_pipeline.make_batch(
-      data.dataset.graphs, labels, c, [budget], scaler=data.scaler
+      data.dataset.graphs, labels, c, [shape], scaler=data.scaler
     )
     for c in chunks
   ]
-  max_atoms = train.ladder(int(n_atoms[idx].max()))
-  for batch in batches:  # raises if a chunk overflows the model's capacity
-    train.block_size(batch, max_atoms)
   total = np.count_nonzero(~np.isnan(labels[idx]))
   return HessianSubset(
     batches=jax.tree.map(lambda *x: np.stack(x), *batches),
     weights=np.array([b.label_mask.sum() / total for b in batches], np.float32),
-    max_atoms=max_atoms,
+    shape=shape,
   )
 
 
@@ -294,7 +306,7 @@ def make_subset_loss(loss_fn, subset: HessianSubset):
 
   def subset_loss(params, batches):
     losses = jax.lax.map(
-      lambda b: loss_fn(params, b, subset.max_atoms), batches
+      lambda b: loss_fn(params, b, subset.shape.blocks), batches
     )
     return jnp.sum(subset.weights * losses)
 
@@ -322,12 +334,19 @@ def make_sharpness_fn(subset_loss, rtol: float, max_iters: int):
   return measure
 
 
-def train_run(
-  config, data, model, params, blocks, observe_kwargs, log=print
-) -> dict:
+def _place(tree):
+  """``tree`` committed to the default device, like the engine's state, so
+  that every call of a jitted function sees the same input shardings (one
+  compilation)."""
+  return jax.device_put(tree, jax.devices()[0])
+
+
+def train_run(config, data, model, params, observe_kwargs, log=print) -> dict:
   """Trains ``config.optimizer`` for ``config.epochs`` epochs.
 
   SAM runs with the observers; the other methods with ``train``'s step.
+  Both are built once per run from ``train.float_hyperparameters`` as
+  arrays, like the engine's, and each compiles once per batch shape.
 
   Returns:
     The clean final weights, the per-step records (SAM only), the mean
@@ -335,41 +354,59 @@ def train_run(
   """
   task_type = data.dataset.task_type
   steps_per_epoch = data.steps_per_epoch(config.drop_last)
-  tx = train.create_optimizer(config, steps_per_epoch)
-  opt_state = tx.init(params)
+  train.create_optimizer(config, steps_per_epoch)  # validates the values
+
+  def make_tx(values):
+    return train.create_optimizer(config, steps_per_epoch, values)
+
+  values = _place(
+    {k: np.float32(v) for k, v in train.float_hyperparameters(config).items()}
+  )
+  opt_state = jax.jit(lambda p, v: make_tx(v).init(p))(params, values)
+  params, opt_state = _place((params, opt_state))
   observed = config.optimizer == "sam"
   options = compiler_options(config)
   if observed:
     step = make_observed_sam_step(
       train.make_loss_fn(model, task_type),
-      tx,
+      make_tx,
       options,
       steps_per_epoch=steps_per_epoch,
       **observe_kwargs,
     )
-    observers = init_observers(params)
+    observers = _place(init_observers(params))
   else:
-    step = train.make_train_step(model, tx, task_type, options)
+    step = train.make_train_step(model, task_type, make_tx, options)
   records, epoch_losses = [], []
   start = time.perf_counter()
   count = 0
   for epoch in range(config.epochs):
-    losses = []
+    totals = _place(train.EpochTotals.zeros())
     for batch in data.train_batches(epoch, config.seed, config.drop_last):
-      max_atoms = blocks(batch)
+      blocks = data.blocks_of(batch)
+      batch = _place(batch)
       if observed:
-        params, opt_state, observers, record = step(
-          params, opt_state, observers, jnp.int32(count), batch, max_atoms
+        params, opt_state, totals, observers, record = step(
+          params,
+          opt_state,
+          totals,
+          observers,
+          jnp.int32(count),
+          batch,
+          values,
+          blocks,
         )
         records.append(record)
-        loss = record["loss"]
       else:
-        params, opt_state, loss = step(params, opt_state, batch, max_atoms)
-      losses.append(float(loss))
+        params, opt_state, totals = step(
+          params, opt_state, totals, batch, values, blocks
+        )
       if count == 0:
+        totals.steps.block_until_ready()
         first_step = time.perf_counter() - start
       count += 1
-    epoch_losses.append(float(np.mean(losses)))
+    totals = jax.device_get(totals)
+    epoch_losses.append(float(totals.loss_sum / max(int(totals.steps), 1)))
     log(
       f"  {config.optimizer} epoch {epoch + 1}/{config.epochs}: train loss "
       f"{epoch_losses[-1]:.4f} ({time.perf_counter() - start:.0f} s)"
@@ -706,11 +743,19 @@ def main(argv=None) -> dict:
   steps_per_epoch = data.steps_per_epoch(config.drop_last)
   spec = data.dataset.spec
   model = train.create_model(config, spec.num_tasks)
-  blocks = train.block_function(config, data)
   first = next(data.train_batches(0, config.seed, config.drop_last))
-  init = train.make_init(model, compiler_options(config))(
-    config.seed, first.graphs, blocks(first)
+  # The engine's initial weights (its optimizer state is left to each run).
+  init, _ = train.make_init(
+    model,
+    functools.partial(train.create_optimizer, config, steps_per_epoch),
+    compiler_options(config),
+  )(
+    config.seed,
+    first.graphs,
+    {k: np.float32(v) for k, v in train.float_hyperparameters(config).items()},
+    data.blocks_of(first),
   )
+  init = _place(init)  # as the runs' weights: ||H|| compiles once
   print(
     f"data: {spec.name}, {len(data.split.train)} training molecules, "
     f"{steps_per_epoch} steps per epoch; "
@@ -725,7 +770,7 @@ def main(argv=None) -> dict:
   subset_info = {
     "molecules": int(min(args.hessian_molecules, len(data.split.train))),
     "chunks": len(subset.weights),
-    "max_atoms": subset.max_atoms,
+    "blocks": list(subset.shape.blocks),
     "padded_atoms_per_chunk": int(subset.batches.graphs.nodes.shape[1]),
   }
   print(f"hessian subset: {subset_info}")
@@ -760,14 +805,14 @@ def main(argv=None) -> dict:
       optimizer=optimizer, hyperparameters=hyperparameters
     )
     print(f"{optimizer}: {hyperparameters}")
-    run = train_run(run_config, data, model, init, blocks, observe_kwargs)
+    run = train_run(run_config, data, model, init, observe_kwargs)
     valid = train.evaluate(
       predict,
       run["params"],
       data.eval_batches("valid"),
       spec.task_type,
       data.scaler,
-      blocks,
+      data.blocks_of,
     )
     results[optimizer] = {
       **sharpness_at(run["params"]),

@@ -14,6 +14,7 @@ pytest.importorskip("rdkit")
 pytest.importorskip("matplotlib")
 
 from benchmarks import graphsam_observations as obs  # noqa: E402
+from models import train  # noqa: E402
 
 
 def _cos(a, b):
@@ -81,28 +82,45 @@ def test_observed_step_is_sams_step_and_records_its_two_gradients():
   lr, rho = 0.1, 0.3
   matrix = np.array([[3.0, 1.0], [1.0, 2.0]], np.float32)
 
-  def loss_fn(params, batch, max_atoms):
-    del max_atoms
+  def loss_fn(params, batch, blocks):
+    del blocks
     x = params["w"] - batch
     return 0.5 * x @ matrix @ x + jnp.sum(jnp.sin(x))
+
+  def numpy_loss(w, batch):
+    x = w - batch
+    return 0.5 * x @ matrix @ x + np.sum(np.sin(x))
 
   def numpy_grad(w, batch):
     x = w - batch
     return matrix @ x + np.cos(x)
 
-  tx = sam(optax.sgd(lr), rho=rho)
+  def make_tx(values):  # hyperparameters as arrays, like the engine's
+    return sam(optax.sgd(values["lr"]), rho=values["rho"])
+
   step = obs.make_observed_sam_step(
-    loss_fn, tx, beta=0.9, k=2, steps_per_epoch=4
+    loss_fn, make_tx, beta=0.9, k=2, steps_per_epoch=4
   )
+  values = {"lr": jnp.float32(lr), "rho": jnp.float32(rho)}
   params = {"w": jnp.array([1.0, -2.0])}
-  state, observers = tx.init(params), obs.init_observers(params)
-  w = np.array([1.0, -2.0])
+  state, observers = make_tx(values).init(params), obs.init_observers(params)
+  totals = train.EpochTotals.zeros()
+  w, loss_sum = np.array([1.0, -2.0]), 0.0
   for t, batch in enumerate(np.array([[0.5, 0.2], [-0.3, 0.1], [0.0, 1.0]])):
-    params, state, observers, record = step(
-      params, state, observers, jnp.int32(t), jnp.asarray(batch), 0
+    params, state, totals, observers, record = step(
+      params,
+      state,
+      totals,
+      observers,
+      jnp.int32(t),
+      jnp.asarray(batch),
+      values,
+      None,
     )
     g = numpy_grad(w, batch)
     omega = numpy_grad(w + rho * g / np.linalg.norm(g), batch)
+    np.testing.assert_allclose(record["loss"], numpy_loss(w, batch), 1e-5)
+    loss_sum += numpy_loss(w, batch)
     w = w - lr * omega
     np.testing.assert_allclose(params["w"], w, rtol=1e-5)
     np.testing.assert_allclose(record["grad_norm"], np.linalg.norm(g), 1e-5)
@@ -110,6 +128,8 @@ def test_observed_step_is_sams_step_and_records_its_two_gradients():
       record["omega_norm"], np.linalg.norm(omega), rtol=1e-5
     )
     np.testing.assert_allclose(record["cos_g_omega"], _cos(g, omega), 1e-5)
+  assert int(totals.steps) == 3 and int(totals.first_nonfinite) == -1
+  np.testing.assert_allclose(totals.loss_sum, loss_sum, rtol=1e-5)
 
 
 def test_summary_excludes_each_methods_own_anchor_steps():
