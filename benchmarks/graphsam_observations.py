@@ -359,9 +359,7 @@ def train_run(config, data, model, params, observe_kwargs, log=print) -> dict:
   def make_tx(values):
     return train.create_optimizer(config, steps_per_epoch, values)
 
-  values = _place(
-    {k: np.float32(v) for k, v in train.float_hyperparameters(config).items()}
-  )
+  values = _place(train.hyperparameter_values(config))
   opt_state = jax.jit(lambda p, v: make_tx(v).init(p))(params, values)
   params, opt_state = _place((params, opt_state))
   observed = config.optimizer == "sam"
@@ -752,7 +750,7 @@ def main(argv=None) -> dict:
   )(
     config.seed,
     first.graphs,
-    {k: np.float32(v) for k, v in train.float_hyperparameters(config).items()},
+    train.hyperparameter_values(config),
     data.blocks_of(first),
   )
   init = _place(init)  # as the runs' weights: ||H|| compiles once

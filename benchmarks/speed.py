@@ -199,9 +199,7 @@ def build_runner(name, config, data, params, log):
   steps = data.steps_per_epoch(cfg.drop_last)
   fns = train.build(cfg, task.num_tasks, task.task_type, steps)
   engine = train.make_engine(fns, data, cfg, task.task_type, 1, log)
-  values = engine.place(
-    {k: np.float32(v) for k, v in train.float_hyperparameters(cfg).items()}
-  )
+  values = engine.place(train.hyperparameter_values(cfg))
   state = engine.place(fns.make_tx(values).init(params))
   spec = graphsam_optax.optimizer_spec(train.registry_name(name))
   mean = spec.mean_passes(train.optimizer_hyperparameters(cfg), steps)
@@ -436,9 +434,7 @@ def main(argv=None) -> dict:
   fns = train.build(
     config.replace(optimizer="adam"), spec.num_tasks, spec.task_type, steps
   )
-  values = {
-    k: np.float32(v) for k, v in train.float_hyperparameters(config).items()
-  }
+  values = train.hyperparameter_values(config)
   params, _ = fns.init(config.seed, first.graphs, values, data.blocks_of(first))
   runners = []
   print("compiling (not timed):")

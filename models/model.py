@@ -48,31 +48,34 @@ for the ~2 bonded pairs per atom (see :class:`PairAttention`); no ``d``-wide
 tensor over all pairs is formed. Values and all dense layers run on atoms.
 
 Attention layout (``attention=``), both the same function. ``"dense"``
-scatters the pair distances once per forward pass into per-molecule
-``[G, b, b]`` blocks (``b`` = the static ``max_atoms``, chosen per batch by
-the training loop as the power of two above its largest molecule) and runs
-``kappa @ v`` as one batched matrix product; ``"sparse"`` keeps the pair
-list and runs it as a ``[P, d]`` gather and a segment sum. Measured on this
-2-core CPU (BBBP batches of 32, Adam steps, mean readout to isolate the
-attention, medians of 28-32 steps, machine shared with other jobs, load
-average 4-5): dense is faster at every block size BBBP has, 1.53x at
-``b = 64`` (most batches; 236 vs 361 ms), 1.28x at 128 (318 vs 407 ms) and
-1.16x at 256 (659 vs 765 ms). The sparse gather is memory bound while the
-dense product runs at matrix-multiply speed, which outweighs the
-``(b / n)^2`` padding of the blocks; the default is ``"dense"``.
+packs the molecules of a batch, in order, into a static number of blocks of
+a static size (``blocks=(count, size)``, :func:`pack_blocks`: next fit, a
+molecule never split), scatters the pair distances once per forward pass
+into ``[count, size, size]`` blocks (pairs of different molecules in a block
+stay empty) and runs ``kappa @ v`` as one batched matrix product;
+``"sparse"`` keeps the pair list and runs it as a ``[P, d]`` gather and a
+segment sum. The input pipeline fits the blocks to each dataset
+(``input_pipeline.padding_budgets``: the size is the largest molecule, the
+count a high quantile of random batches), so the blocks cost about what
+per-molecule blocks of the largest molecule in a typical batch did, with
+two batch shapes per dataset instead of one per block size. Measured
+before packing on this 2-core CPU (BBBP batches of 32, mean readout to
+isolate the attention): dense was faster than sparse at every block size
+BBBP has, 1.53x at 64 atoms per molecule, 1.16x at 256; the sparse gather is
+memory bound while the dense product runs at matrix-multiply speed.
 
 FLOPs per molecule (BBBP configuration: d = 256, 4 layers, 4 heads; n = 24
-atoms on average, block b = 64, T ~ 50 GRU steps, the batch's largest
-molecule). Forward: atom embedding ``2 * 115 n d`` = 1.4 M; per layer the
-value, output and feed-forward maps ``6 n d^2`` = 9.4 M, scores
-``2 n d (14 H)`` = 0.7 M and ``kappa @ v`` ``2 b^2 d`` = 2.1 M, so 12.3 M per
-layer and 49 M for 4; GRU readout: input gates ``2 n d 6d`` = 18.9 M, the
-recurrence ``2 T 2 d 3d`` = 39 M (each molecule runs the batch's T steps),
-output map ``2 n 2d d`` = 6.3 M, so 65 M; about 115 MFLOP in all, 0.35 GFLOP
-for a training step (forward + backward). XLA's cost analysis of the
-compiled forward gives 86 MFLOP per molecule of a padded batch (57 without
-the GRU); it counts the recurrence's loop body about once. The authors' code
-needs about 4 GFLOP per molecule for the encoder's forward pass alone.
+atoms on average, 9 blocks of 136 atoms for 32 molecules, T ~ 50 GRU steps,
+the batch's largest molecule). Forward: atom embedding ``2 * 115 n d`` =
+1.4 M; per layer the value, output and feed-forward maps ``6 n d^2`` = 9.4
+M, scores ``2 n d (14 H)`` = 0.7 M and ``kappa @ v`` ``2 (9 / 32) 136^2 d``
+= 2.7 M, so 12.9 M per layer and 52 M for 4; GRU readout: input gates
+``2 n d 6d`` = 18.9 M, the recurrence ``2 T 2 d 3d`` = 39 M (each molecule
+runs the batch's T steps), output map ``2 n 2d d`` = 6.3 M, so 65 M; about
+118 MFLOP in all, 0.35 GFLOP for a training step (forward + backward), more
+on the padded atoms of a batch. ``benchmarks/speed.py`` counts them on the
+compiled step. The authors' code needs about 4 GFLOP per molecule for the
+encoder's forward pass alone.
 
 Deviations from the reference code, all deliberate:
 
@@ -86,6 +89,15 @@ Deviations from the reference code, all deliberate:
 - the distance decay ``lambda`` is used as ``max(lambda, 0)``: the reference
   meant to clamp it (its ``clamp`` result is discarded); a negative value
   would turn the ``1e4`` distance of disconnected fragments into ``inf``.
+
+Differences from the authors' data preparation, not of the model (see
+``models.featurization``): a dative bond is featurized as a single bond
+(theirs: as aromatic, through an unknown-value index of -1; ClinTox has 8
+such bonds); the topological distance between disconnected fragments is
+``1e4`` (theirs: RDKit's ``1e8``; both kernels give the same results while
+the decay ``lambda > 0.0103``, where ``exp(-1e4 lambda)`` underflows to 0 in
+float32 as ``exp(-1e8 lambda)`` does); and the authors drop molecules of 100
+atoms or more (BBBP 2,039 -> 2,035) while we keep them.
 
 The GRU readout (CoMPT's) reads atoms in the order of the batch, so it is not
 invariant to permuting atoms within a molecule; ``readout="mean"`` (masked

@@ -237,6 +237,12 @@ def float_hyperparameters(config: default.Config) -> dict[str, float]:
   return out
 
 
+def hyperparameter_values(config: default.Config) -> dict[str, np.float32]:
+  """:func:`float_hyperparameters` as float32 scalars, the step's ``values``
+  argument (place them with ``Engine.place`` before training)."""
+  return {k: np.float32(v) for k, v in float_hyperparameters(config).items()}
+
+
 def create_optimizer(
   config: default.Config,
   steps_per_epoch: int,
@@ -958,9 +964,7 @@ def train_and_evaluate(
   create_optimizer(config, steps_per_epoch)  # validates the values
   fns = build(config, spec.num_tasks, spec.task_type, steps_per_epoch)
   engine = make_engine(fns, data, config, spec.task_type, num_devices, log)
-  values = engine.place(
-    {k: np.float32(v) for k, v in float_hyperparameters(config).items()}
-  )
+  values = engine.place(hyperparameter_values(config))
   first = next(data.train_batches(0, config.seed, config.drop_last))
   init_args = (config.seed, first.graphs, values)
   blocks = data.blocks_of(first)

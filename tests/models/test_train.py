@@ -118,9 +118,7 @@ def _toy_step(config, steps_per_epoch=3):
 
 
 def _values(config):
-  return {
-    k: jnp.float32(v) for k, v in train.float_hyperparameters(config).items()
-  }
+  return train.hyperparameter_values(config)
 
 
 @pytest.mark.parametrize("name", train.OPTIMIZERS)
