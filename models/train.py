@@ -488,9 +488,10 @@ def prepare_data(
   """Loads and splits ``config.dataset`` or ``config.data_file``; subsets.
 
   ``max_molecule_atoms`` and ``max_molecules`` shrink the split (the latter
-  samples each part with ``config.seed``; the scaler is refitted and the
-  batch shapes fitted to what remains); ``fixed_shapes`` keeps only the shape
-  that holds any batch (one compiled step, slower per step).
+  samples each part with ``config.seed``; the scaler is refitted to what
+  remains, the batch shapes to every molecule of at most
+  ``max_molecule_atoms`` atoms, whatever the seed); ``fixed_shapes`` keeps
+  only the shape that holds any batch (one compiled step, slower per step).
   """
   dataset = config.dataset
   if config.data_file is not None:
@@ -525,12 +526,13 @@ def prepare_data(
     ]
   split = type(data.split)(*parts)
   scaler, budgets = data.scaler, data.budgets
-  if split is not data.split:
-    if scaler is not None:
-      scaler = input_pipeline.TargetScaler.fit(data.dataset.labels[split.train])
-    budgets = input_pipeline.padding_budgets(
-      n_atoms[np.concatenate(parts)], config.batch_size
-    )
+  if split is not data.split and scaler is not None:
+    scaler = input_pipeline.TargetScaler.fit(data.dataset.labels[split.train])
+  if config.max_molecule_atoms is not None:
+    # Fitted to every molecule the filter keeps, not to the sampled parts:
+    # the shapes, and so the compiled steps, do not depend on the seed.
+    kept = n_atoms[n_atoms <= config.max_molecule_atoms]
+    budgets = input_pipeline.padding_budgets(kept, config.batch_size)
   if config.fixed_shapes:
     budgets = budgets[-1:]
   return dataclasses.replace(data, split=split, scaler=scaler, budgets=budgets)
@@ -767,6 +769,13 @@ class Engine(NamedTuple):
   steps_per_epoch: int
   num_devices: int
 
+  def train_step(self, params, opt_state, totals, batch, values, blocks):
+    """One step on ``batch``: ``(params, opt_state, totals)`` after it."""
+    step = self.step.get(
+      params, opt_state, totals, batch, values, blocks=blocks
+    )
+    return step(params, opt_state, totals, batch, values)
+
 
 def make_engine(
   fns: Functions,
@@ -884,10 +893,9 @@ def train_epoch(
   )
   tic, waited = time.perf_counter(), engine.step.waited
   for batch, blocks, count in batches:
-    step = engine.step.get(
-      params, opt_state, totals, batch, values, blocks=blocks
+    params, opt_state, totals = engine.train_step(
+      params, opt_state, totals, batch, values, blocks
     )
-    params, opt_state, totals = step(params, opt_state, totals, batch, values)
     # Two steps in flight: the host builds the next batch meanwhile.
     pending.append(totals.steps)
     if len(pending) > 2:

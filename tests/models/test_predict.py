@@ -41,8 +41,11 @@ def make_run(directory: Path, seed: int, task_type="regression", targets=2):
     graphs, np.zeros((2, targets), np.float32), [0, 1], budgets
   )
   model = train.create_model(config, targets)
-  init = train.make_init(model, train.FAST_COMPILE)
-  params = init(seed, batch.graphs, train.block_size(batch))
+  blocks = input_pipeline.shape_of(batch, budgets).blocks
+  init = jax.jit(
+    model.init, static_argnums=2, compiler_options=train.FAST_COMPILE
+  )
+  params = init(jax.random.key(seed), batch.graphs, blocks)["params"]
   scaler = None
   if task_type == "regression":
     scaler = input_pipeline.TargetScaler(
