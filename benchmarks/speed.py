@@ -26,7 +26,7 @@ mappings after compiling and at the end, and the machine with its load.
 Run from the repository root::
 
   python -m benchmarks.speed                        # BBBP, all optimizers
-  python -m benchmarks.speed --optimizers adam graphsam sam --no-cold
+  python -m benchmarks.speed --optimizers adam graphsam sam --cold adam
   python -m benchmarks.speed --smoke --out /tmp/speed
 
 Writes ``speed.json`` and ``speed.md`` to ``--out``.
@@ -500,7 +500,7 @@ def main(argv=None) -> dict:
   cold = {}
   if args.cold:
     print("cold starts (a fresh process each, no compilation cache):")
-    for name in args.optimizers:
+    for name in args.cold:
       cold[name] = cold_start(name, args)
       c = cold[name]
       print(
@@ -735,10 +735,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--eval-repeats", type=int, default=3)
   parser.add_argument(
-    "--no-cold",
-    dest="cold",
-    action="store_false",
-    help="skip the cold starts (a fresh process per optimizer)",
+    "--cold",
+    nargs="*",
+    metavar="NAME",
+    help="optimizers to start cold, a fresh process each (default: all "
+    "timed; none without names)",
   )
   parser.add_argument(
     "--no-profile",
@@ -763,6 +764,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.rounds, args.eval_repeats = 2, 1
   if args.rounds < 1:
     parser.error(f"--rounds must be >= 1, got {args.rounds}")
+  if args.cold is None:
+    args.cold = args.optimizers
   return args
 
 

@@ -838,6 +838,18 @@ def make_engine(
   )
 
 
+def to_host(tree):
+  """NumPy copies of a tree's arrays, also of arrays replicated over several
+  processes' devices (each process reads its own copy)."""
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+  return jax.tree.map(one, tree)
+
+
 def _prefetch(fns, engine, data, first, values, shapes) -> None:
   """Starts compiling, in the background, the train step for the first
   batch's shape, then for the other shapes, then the evaluation.
@@ -903,7 +915,7 @@ def train_epoch(
     graphs += count
     bar.update()
     bar.set_postfix(graphs_s=f"{graphs / (time.perf_counter() - tic):.0f}")
-  totals = jax.device_get(totals)
+  totals = to_host(totals)
   bar.close()
   seconds = time.perf_counter() - tic - (engine.step.waited - waited)
   return params, opt_state, totals, graphs, seconds
