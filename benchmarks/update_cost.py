@@ -32,8 +32,8 @@ bytes, in parameter-sized arrays.
 
 Run from the repository root::
 
-  python benchmarks/update_cost.py                     # 10M parameters
-  python benchmarks/update_cost.py --smoke --out /tmp/update_cost
+  python -m benchmarks.update_cost                     # 10M parameters
+  python -m benchmarks.update_cost --smoke --out /tmp/update_cost
 
 Writes ``update_cost.json`` and ``update_cost.md`` to ``--out``.
 """
@@ -43,17 +43,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-try:
-  from benchmarks import speed
-except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path
-  import speed
+from benchmarks import common
+from benchmarks import speed
 
 NAME = "update_cost"
 WIDTH = 1000  # matrices WIDTH x WIDTH, bias vectors of WIDTH
@@ -254,8 +251,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
-  command = shlex.join(["python", "benchmarks/update_cost.py", *argv])
-  info = speed.machine()
+  command = common.command(NAME, argv)
+  info = common.machine()
   print(f"command: {command}\nmachine: {info}", flush=True)
   result = {
     "command": command,

@@ -45,7 +45,7 @@ def test_every_optimizer_is_timed_with_its_state_size(smoke):
     assert entry["cpu_ms_per_step"]["median"] > 0
     assert entry["bytes_accessed_in_params"] >= 2
   assert summary["adam"]["ratio_to_adam"]["median"] == 1.0
-  assert result["command"].startswith("python benchmarks/update_cost.py")
+  assert result["command"].startswith("python -m benchmarks.update_cost")
   text = (out / "update_cost.md").read_text()
   assert text in stdout
   assert f"Command: `{result['command']}`" in text
