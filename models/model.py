@@ -544,33 +544,76 @@ class EncoderLayer(nn.Module):
 
 
 class GRULanes(NamedTuple):
-  """Where each lane of the bidirectional GRU reads: one lane per direction
-  and molecule, stepping through the molecule's atoms (forward: first to
-  last; backward: last to first).
+  """Where the lanes of the bidirectional GRU read.
+
+  A lane runs two molecules one after the other, each over its own atoms
+  (forward direction: first atom to last; backward: last to first) from its
+  own initial state: the largest molecule with the smallest, the second
+  largest with the second smallest, and so on, so that ``G`` molecules need
+  ``ceil(G / 2)`` lanes and the longest lane is barely longer than the
+  largest molecule. Every step multiplies a ``[2, lanes, d]`` state, so
+  pairing halves the sequential work of one lane per molecule.
 
   Attributes:
     offsets: i32[G] index of each molecule's first atom.
     n_node: i32[G] atoms per molecule (0 for padding graphs: no steps).
     node_graph: i32[N] molecule of each atom.
     node_pos: i32[N] position of each atom in its molecule.
+    first, second: i32[L] the molecules of each lane, in running order
+      (``second`` repeats ``first`` where a lane runs one molecule).
+    first_len, lane_len: i32[L] atoms of the lane's first molecule, and of
+      both (the step where, and after which, a lane changes molecule / ends).
   """
 
   offsets: jax.Array
   n_node: jax.Array
   node_graph: jax.Array
   node_pos: jax.Array
+  first: jax.Array
+  second: jax.Array
+  first_len: jax.Array
+  lane_len: jax.Array
+
+  @classmethod
+  def pair(cls, offsets, n_node, node_graph, node_pos) -> GRULanes:
+    """Lanes of the molecules ``n_node``, paired largest with smallest."""
+    order = jnp.argsort(-n_node, stable=True)
+    lanes = (n_node.shape[0] + 1) // 2
+    first = order[:lanes]
+    # Lane i pairs order[i] with order[G - 1 - i]; with G odd, the middle
+    # lane runs order[lanes - 1] alone.
+    second = jnp.where(
+      jnp.arange(lanes) < n_node.shape[0] // 2, order[::-1][:lanes], first
+    )
+    first_len = n_node[first]
+    lane_len = first_len + jnp.where(second != first, n_node[second], 0)
+    return cls(
+      offsets, n_node, node_graph, node_pos, first, second, first_len, lane_len
+    )
+
+  @property
+  def steps(self):
+    """The longest lane: the loops' trip count."""
+    return jnp.max(self.lane_len)
 
   def rows(self, t, num_nodes: int):
-    """Rows of a ``[2 * N, ...]`` (direction, atom) array that the lanes
-    read at step ``t`` (``[2, G]``), and which lanes have an atom there."""
-    forward = self.offsets + t
-    backward = self.offsets + self.n_node - 1 - t
-    node = jnp.clip(jnp.stack([forward, backward]), 0, num_nodes - 1)
-    return node + num_nodes * jnp.arange(2)[:, None], t < self.n_node
+    """At step ``t``: the rows of a ``[2 * N, ...]`` (direction, atom) array
+    the lanes read (``[2, L]``), which lanes have an atom there, and which
+    start their second molecule (and so its initial state)."""
+    in_second = t >= self.first_len
+    molecule = jnp.where(in_second, self.second, self.first)
+    pos = jnp.where(in_second, t - self.first_len, t)
+    n = self.n_node[molecule]
+    node = self.offsets[molecule] + jnp.stack([pos, n - 1 - pos])
+    node = jnp.clip(node, 0, num_nodes - 1)
+    row = node + num_nodes * jnp.arange(2)[:, None]
+    switch = (t == self.first_len) & (self.second != self.first)
+    return row, t < self.lane_len, switch
 
   def previous_rows(self, num_nodes: int):
-    """For every (direction, atom) row, the row its lane read one step
-    before, and whether it is the lane's first step (state ``h0``)."""
+    """For every (direction, atom) row, the row read one step before in
+    that atom's molecule, and whether it is the molecule's first step (its
+    state before is ``h0``)."""
     node = jnp.arange(num_nodes)
     first = jnp.stack(
       [self.node_pos == 0, self.node_pos == self.n_node[self.node_graph] - 1]
@@ -598,18 +641,21 @@ def _gru_forward(x, h0, w, b, lanes: GRULanes, keep_gates: bool):
   d = h0.shape[-1]
   width = 5 * d if keep_gates else d
   out_of_range = 2 * num_nodes
+  h_second = h0[:, lanes.second]
 
   def step(t, carry):
     h, saved = carry
-    read, active = lanes.rows(t, num_nodes)
+    read, active, switch = lanes.rows(t, num_nodes)
+    h = jnp.where(switch[None, :, None], h_second, h)
     h, gates = _gru_cell(h, rows[read], w, b)
     row = jnp.concatenate([h, *gates], -1) if keep_gates else h
     write = jnp.where(active[None, :], read, out_of_range)
     return h, saved.at[write].set(row, mode="drop")
 
   saved = jnp.zeros((2 * num_nodes, width), x.dtype)
-  steps = jnp.max(lanes.n_node)
-  _, saved = jax.lax.fori_loop(0, steps, step, (h0, saved))
+  _, saved = jax.lax.fori_loop(
+    0, lanes.steps, step, (h0[:, lanes.first], saved)
+  )
   if keep_gates:
     return saved[:, :d], saved[:, d:]
   return saved, None
@@ -622,12 +668,13 @@ def gru(x, h0, w, b, lanes: GRULanes):
   w [2, d, 3d], b [2, 3d]; returns the states [2, N, d] (zero on padding
   atoms).
 
-  All lanes advance together for as many steps as the batch's largest
-  molecule has atoms (a dynamic trip count: no static sequence length).
-  Every step gathers its lanes' input rows and writes their states back to
-  their atoms' rows, so no buffer is sized by a sequence length. Hand-written
-  backward pass: one ``[2, G, 3d] x [2, 3d, d]`` product per step; the weight
-  gradient is one product over the atoms after the loop.
+  The lanes (:class:`GRULanes`: two molecules each) advance together for as
+  many steps as the longest lane has atoms (a dynamic trip count: no static
+  sequence length). Every step gathers its lanes' input rows and writes
+  their states back to their atoms' rows, so no buffer is sized by a
+  sequence length. Hand-written backward pass: one ``[2, L, 3d] x [2, 3d,
+  d]`` product per step; the weight gradient is one product over the atoms
+  after the loop.
   """
   states, _ = _gru_forward(x, h0, w, b, lanes, keep_gates=False)
   return states.reshape(2, x.shape[1], -1)
@@ -644,14 +691,16 @@ def _gru_bwd(res, d_states):
   d = h0.shape[-1]
   d_out = d_states.reshape(2 * num_nodes, d)
   out_of_range = 2 * num_nodes
-  steps = jnp.max(lanes.n_node)
+  steps = lanes.steps
 
   def step(i, carry):
-    dh, dx = carry
+    dh, dh_second, dx = carry
     t = steps - 1 - i
-    read, active = lanes.rows(t, num_nodes)
-    before, _ = lanes.rows(t - 1, num_nodes)
-    hp = jnp.where(t == 0, h0, states[before])
+    read, active, switch = lanes.rows(t, num_nodes)
+    before, _, _ = lanes.rows(t - 1, num_nodes)
+    hp = jnp.where((t == 0) | switch[None, :, None], 0.0, states[before])
+    hp = jnp.where(switch[None, :, None], h0[:, lanes.second], hp)
+    hp = jnp.where(t == 0, h0[:, lanes.first], hp)
     r, z, c, gn = jnp.split(gates[read], 4, axis=-1)
     dh = dh + jnp.where(active[None, :, None], d_out[read], 0.0)
     da_n = dh * (1.0 - z) * (1.0 - c * c)
@@ -660,10 +709,24 @@ def _gru_bwd(res, d_states):
     dg = jnp.concatenate([da_r, da_z, da_n * r], -1)
     write = jnp.where(active[None, :], read, out_of_range)
     dx = dx.at[write].set(jnp.concatenate([da_r, da_z, da_n], -1), mode="drop")
-    return dh * z + jnp.einsum("kge,kde->kgd", dg, w), dx
+    dh = dh * z + jnp.einsum("kge,kde->kgd", dg, w)
+    # A lane's second molecule starts from its own initial state: the
+    # gradient before that step goes there, not to the first molecule.
+    dh_second = jnp.where(switch[None, :, None], dh, dh_second)
+    dh = jnp.where(switch[None, :, None], 0.0, dh)
+    return dh, dh_second, dx
 
   dx = jnp.zeros((2 * num_nodes, 3 * d), states.dtype)
-  dh0, dx = jax.lax.fori_loop(0, steps, step, (jnp.zeros_like(h0), dx))
+  zero = jnp.zeros_like(h0[:, lanes.first])
+  dh_first, dh_second, dx = jax.lax.fori_loop(0, steps, step, (zero, zero, dx))
+  paired = (lanes.second != lanes.first)[None, :, None]
+  dh0 = (
+    jnp.zeros_like(h0)
+    .at[:, lanes.first]
+    .add(dh_first)
+    .at[:, lanes.second]
+    .add(jnp.where(paired, dh_second, 0.0))
+  )
   # Gradients of the gates g = h W + b equal those of the inputs x but for
   # the candidate's third, which r scales; rows of padding atoms are zero.
   before, first = lanes.previous_rows(num_nodes)
@@ -718,7 +781,9 @@ class GRUReadout(nn.Module):
     w_flat = jnp.swapaxes(w_in, 0, 1).reshape(d, 6 * d)
     x_in = (h @ w_flat).reshape(-1, 2, 3 * d) + b_in
     h0 = jnp.broadcast_to(init[None], (2, n_graphs, d))
-    lanes = GRULanes(topo.offsets, topo.n_node, topo.node_graph, topo.node_pos)
+    lanes = GRULanes.pair(
+      topo.offsets, topo.n_node, topo.node_graph, topo.node_pos
+    )
     states = gru(jnp.swapaxes(x_in, 0, 1), h0, w_h, b_h, lanes)  # [2, N, d]
     states = jnp.swapaxes(states, 0, 1).reshape(-1, 2 * d)  # [N, (fwd, bwd)]
     y = mish(dense(d, 2 * d, "out")(states))

@@ -286,9 +286,11 @@ def test_gru_vjp_equals_autodiff():
   # an unrolled transcription that runs each molecule's atoms in order.
   batch = batch_of(molecules(9, [5, 3, 1]), budget=(16, 64, 4))
   topo = model_lib.Topology(jax.tree.map(jnp.asarray, batch.graphs), None)
-  lanes = model_lib.GRULanes(
+  lanes = model_lib.GRULanes.pair(
     topo.offsets, topo.n_node, topo.node_graph, topo.node_pos
   )
+  # 4 graphs (5, 3, 1 atoms, padding): lanes 5 + 0 and 3 + 1.
+  np.testing.assert_array_equal(lanes.lane_len, [5, 4])
   n, g, d = 16, 4, 4
   sizes = [5, 3, 1]
   rng = np.random.default_rng(0)
