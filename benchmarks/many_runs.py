@@ -128,7 +128,9 @@ def main(argv=None) -> dict:
         flush=True,
       )
   second, last = records[1], records[-1]
-  compiling = max(r["run"] for r in records if r["compiled_train_steps"])
+  compiling = max(
+    (r["run"] for r in records if r["compiled_train_steps"]), default=1
+  )
   warm = records[compiling - 1]
   result = {
     "runs": records,
