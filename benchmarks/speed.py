@@ -459,7 +459,11 @@ def main(argv=None) -> dict:
 
   adam = next((r for r in runners if r.name == "adam"), runners[0])
   typical = data.budgets[0]
-  batch = next(b for b in epochs[0] if data.blocks_of(b) == typical.blocks)
+  # The batch of the typical shape whose largest molecule, which sets the
+  # GRU's steps, is the median one.
+  candidates = [b for b in epochs[0] if data.blocks_of(b) == typical.blocks]
+  largest = [int(np.max(b.graphs.n_node[b.graph_mask])) for b in candidates]
+  batch = candidates[int(np.argsort(largest)[len(largest) // 2])]
   totals = train.EpochTotals.zeros()
   trips = int(np.max(batch.graphs.n_node[batch.graph_mask]))
   traced = adam.fns.train_step.trace(
