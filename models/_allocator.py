@@ -15,7 +15,8 @@ freed memory to the system only above 2 GiB at the top of the heap: after
 the first step, a step reuses its buffers without a fault. It only affects
 threads that have not allocated yet, so it runs when :mod:`models` is
 imported, before JAX starts its threads; the resident memory of a process
-then stays at its peak instead of dropping between steps.
+then stays at its peak instead of dropping between steps, until
+:func:`release_free_memory` (called when a run ends) returns what is free.
 """
 
 from __future__ import annotations
@@ -49,3 +50,18 @@ def retain_freed_memory() -> bool:
       (_M_TRIM_THRESHOLD, _TRIM_ABOVE),
     )
   )
+
+
+def release_free_memory() -> bool:
+  """Returns the free memory glibc keeps to the system (``malloc_trim``).
+
+  For the end of a run: the next run's first step faults its buffers in
+  once. False where there is no glibc ``malloc_trim``.
+  """
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    malloc_trim = ctypes.CDLL(None).malloc_trim
+  except (OSError, AttributeError):
+    return False
+  return bool(malloc_trim(0))

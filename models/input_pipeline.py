@@ -493,6 +493,32 @@ class PreparedData:
     """The model's static ``blocks`` for a batch of these shapes."""
     return shape_of(batch, self.budgets).blocks
 
+  def shapes_used(self, batches: Sequence[np.ndarray]) -> list[BatchShape]:
+    """The shapes the batches of molecule indices ``batches`` are padded
+    to, in the order they first occur (no batch is built)."""
+    used = []
+    for idx in batches:
+      totals = batch_totals(
+        self.dataset.n_atoms, idx, self.budgets[0].block_size
+      )
+      budget = select_budget(*totals[:2], len(idx), totals[2], self.budgets)
+      if budget not in used:
+        used.append(budget)
+    return used
+
+  def train_indices(
+    self, epoch: int, seed: int = 0, drop_last: bool = True
+  ) -> list[np.ndarray]:
+    """Molecule indices of the shuffled training batches of one epoch."""
+    return batch_indices(
+      self.split.train,
+      self.batch_size,
+      shuffle=True,
+      seed=seed,
+      epoch=epoch,
+      drop_last=drop_last,
+    )
+
   def train_batches(
     self, epoch: int, seed: int = 0, drop_last: bool = True
   ) -> Iterator[GraphBatch]:

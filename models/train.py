@@ -57,6 +57,7 @@ import tqdm
 from sklearn import metrics as sk_metrics
 
 import graphsam_optax
+from models import _allocator
 from models import datasets
 from models import featurization
 from models import input_pipeline
@@ -850,39 +851,43 @@ def to_host(tree):
   return jax.tree.map(one, tree)
 
 
-def _prefetch(fns, engine, data, first, values, shapes) -> None:
-  """Starts compiling, in the background, the train step for the first
-  batch's shape, then for the other shapes, then the evaluation.
+def _prefetch(fns, engine, data, config, values, shapes) -> None:
+  """Starts compiling, in the background, what the first epoch needs: the
+  train step for each shape its batches use, in order, then the evaluation
+  for the shapes of the validation batches. Shapes used later compile when
+  first needed.
 
   ``shapes`` are the ``(params, opt_state)`` shapes: the first compilation
   runs while the parameters are initialized, the others while the first
   epoch trains.
   """
   params, opt_state = shapes
-  budgets = sorted(
-    data.budgets, key=lambda b: b.blocks != data.blocks_of(first)
+  train_shapes = data.shapes_used(
+    data.train_indices(0, config.seed, config.drop_last)
   )
-  for budget in budgets:
-    batch = input_pipeline.make_batch(
-      data.dataset.graphs,
-      data.dataset.labels,
-      data.split.train[:1],
-      [budget],
-      scaler=data.scaler,
-    )
-    engine.step.prefetch(
-      params,
-      opt_state,
-      EpochTotals.zeros(),
-      batch,
-      values,
-      blocks=budget.blocks,
-    )
-  for budget in data.budgets:
-    graphs = input_pipeline.make_batch(
-      data.dataset.graphs, data.dataset.labels, data.split.valid[:1], [budget]
-    ).graphs
-    fns.predicts.prefetch(params, graphs, blocks=budget.blocks)
+  valid_shapes = data.shapes_used(
+    input_pipeline.batch_indices(data.split.valid, data.batch_size)
+  )
+  for budgets, part in ((train_shapes, "train"), (valid_shapes, "valid")):
+    for budget in budgets:
+      batch = input_pipeline.make_batch(
+        data.dataset.graphs,
+        data.dataset.labels,
+        getattr(data.split, part)[:1],
+        [budget],
+        scaler=data.scaler,
+      )
+      if part == "train":
+        engine.step.prefetch(
+          params,
+          opt_state,
+          EpochTotals.zeros(),
+          batch,
+          values,
+          blocks=budget.blocks,
+        )
+      else:
+        fns.predicts.prefetch(params, batch.graphs, blocks=budget.blocks)
 
 
 def train_epoch(
@@ -990,7 +995,7 @@ def train_and_evaluate(
   blocks = data.blocks_of(first)
   if engine.num_devices == 1:
     shapes = fns.init.eval_shape(*init_args, blocks=blocks)
-    _prefetch(fns, engine, data, first, values, shapes)
+    _prefetch(fns, engine, data, config, values, shapes)
   params, opt_state = fns.init(*init_args, blocks)
   state = {
     "params": params,
@@ -1104,4 +1109,5 @@ def train_and_evaluate(
     workdir, data, state["best_params"], int(state["best_epoch"])
   )
   run_dir.write_text(workdir / "summary.json", json.dumps(summary, indent=1))
+  _allocator.release_free_memory()
   return summary
