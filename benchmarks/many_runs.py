@@ -17,8 +17,9 @@ Run from the repository root::
 
 Prints one line per run and a JSON summary (``--out`` writes it too):
 resident memory and mappings after the last run against after the second,
-and against after the last run that compiled anything (the third: each
-family compiles on its first run).
+and against after the last run that compiled anything (a train step or an
+evaluation: each family compiles on its first run, and again where a later
+run's batches need a shape it has not used yet).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def main(argv=None) -> dict:
         "hyperparameters": dict(config.hyperparameters),
         "seed": config.seed,
         "compiled_train_steps": summary["compiled_train_steps"],
+        "compiled_evaluations": summary["compiled_evaluations"],
         "seconds": time.perf_counter() - tic,
         **speed.memory_now(),
       }
@@ -123,13 +125,20 @@ def main(argv=None) -> dict:
       print(
         f"run {k + 1:2d} {config.optimizer:8s} "
         f"{json.dumps(record['hyperparameters']):28s} compiled "
-        f"{record['compiled_train_steps']} steps, {record['seconds']:5.1f} s, "
+        f"{record['compiled_train_steps']} steps and "
+        f"{record['compiled_evaluations']} evaluations, "
+        f"{record['seconds']:5.1f} s, "
         f"{record['rss_mib']:7.1f} MiB resident, {record['maps']} mappings",
         flush=True,
       )
   second, last = records[1], records[-1]
   compiling = max(
-    (r["run"] for r in records if r["compiled_train_steps"]), default=1
+    (
+      r["run"]
+      for r in records
+      if r["compiled_train_steps"] or r["compiled_evaluations"]
+    ),
+    default=1,
   )
   warm = records[compiling - 1]
   result = {

@@ -553,7 +553,7 @@ class Functions(NamedTuple):
     compiler_options: the options all of them compile with.
     train_steps: the compiled train steps, by batch shape
       (:class:`CompiledSteps`), shared by the family's runs.
-    predicts: the compiled predictions, likewise.
+    predicts: the compiled predictions, shared by the families of a model.
     parallel_steps: the data-parallel train steps, by mesh.
   """
 
@@ -573,6 +573,8 @@ class Functions(NamedTuple):
 # jitted functions and with them their compiled executables.
 _BUILT: OrderedDict = OrderedDict()
 MAX_BUILT = 4
+# The evaluation of each model, shared by its families.
+_PREDICTS: dict = {}
 
 
 def family_key(
@@ -621,7 +623,12 @@ def build(
     return create_optimizer(config, steps_per_epoch, values)
 
   train_step = make_train_step(model, task_type, make_tx, options)
-  predict = make_predict(model, options)
+  # Prediction does not depend on the optimizer: one per model.
+  predict_key = (model, config.fast_compile)
+  if predict_key not in _PREDICTS:
+    predict = make_predict(model, options)
+    _PREDICTS[predict_key] = predict, CompiledSteps(predict, "evaluation")
+  predict, predicts = _PREDICTS[predict_key]
   _BUILT[key] = Functions(
     model=model,
     make_tx=make_tx,
@@ -631,7 +638,7 @@ def build(
     eval_params=jax.jit(graphsam_optax.eval_params),
     compiler_options=options,
     train_steps=CompiledSteps(train_step, "train step"),
-    predicts=CompiledSteps(predict, "evaluation"),
+    predicts=predicts,
     parallel_steps={},
   )
   while len(_BUILT) > MAX_BUILT:
@@ -1018,7 +1025,11 @@ def train_and_evaluate(
   state = engine.place(state)
   params, opt_state = state["params"], state["opt_state"]
   predict = fns.predicts
-  compiled = engine.step.compiled, engine.step.seconds + predict.seconds
+  compiled = (
+    engine.step.compiled,
+    engine.step.seconds + predict.seconds,
+    predict.compiled,
+  )
 
   def evaluate_part(weights, part):
     return evaluate(
@@ -1097,6 +1108,7 @@ def train_and_evaluate(
     # Compiled by this run; steps compiled by an earlier run of the family
     # in this process are reused.
     "compiled_train_steps": engine.step.compiled - compiled[0],
+    "compiled_evaluations": predict.compiled - compiled[2],
     "compile_seconds": engine.step.seconds + predict.seconds - compiled[1],
     "steps_per_epoch": steps_per_epoch,
     # Over every invocation of a resumed run, unlike wall_seconds.
