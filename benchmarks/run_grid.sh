@@ -6,7 +6,7 @@
 # the rho sweep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grid() { python -m benchmarks.table1 "$@"; }
+grid() { "${PYTHON:-python}" -m benchmarks.table1 "$@"; }
 grid --datasets bbbp --optimizers graphsam adam sam --seeds 0
 grid --datasets bbbp --optimizers sam --seeds 1 2 3 4
 grid --datasets clintox sider esol freesolv --seeds 0 1 2

@@ -31,16 +31,23 @@ _M_ARENA_MAX = -8
 _TRIM_ABOVE = 2**31 - 1
 
 
+def _glibc(name: str):
+  """The C library's function ``name``, or None off Linux or without it."""
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    return getattr(ctypes.CDLL(None), name)
+  except (OSError, AttributeError):
+    return None
+
+
 def retain_freed_memory() -> bool:
   """Sets glibc's malloc to keep freed memory; returns whether it could.
 
   False off Linux or without glibc's ``mallopt`` (nothing is changed then).
   """
-  if not sys.platform.startswith("linux"):
-    return False
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except (OSError, AttributeError):
+  mallopt = _glibc("mallopt")
+  if mallopt is None:
     return False
   return all(
     mallopt(param, value) == 1
@@ -58,10 +65,5 @@ def release_free_memory() -> bool:
   For the end of a run: the next run's first step faults its buffers in
   once. False where there is no glibc ``malloc_trim``.
   """
-  if not sys.platform.startswith("linux"):
-    return False
-  try:
-    malloc_trim = ctypes.CDLL(None).malloc_trim
-  except (OSError, AttributeError):
-    return False
-  return bool(malloc_trim(0))
+  malloc_trim = _glibc("malloc_trim")
+  return malloc_trim is not None and bool(malloc_trim(0))

@@ -264,14 +264,7 @@ def make_train_batches(
   positions = local_positions(mesh)
 
   def epoch_batches(epoch: int, seed: int = 0, drop_last: bool = True):
-    for idx in input_pipeline.batch_indices(
-      data.split.train,
-      data.batch_size,
-      shuffle=True,
-      seed=seed,
-      epoch=epoch,
-      drop_last=drop_last,
-    ):
+    for idx in data.train_indices(epoch, seed, drop_last):
       batch = make_device_batch(
         data.dataset.graphs,
         data.dataset.labels,
