@@ -44,10 +44,13 @@ def test_readme_python_examples_run(capsys):
     assert abs(float(bias) + 1.0) < 0.05
 
 
-def test_readme_states_the_fast_test_command():
+def test_readme_states_the_fast_test_command_and_ci_runs_the_full_one():
   setup = section("## Set up")
-  assert 'python -m pytest -m "not slow"' in setup
-  assert "\npython -m pytest " in setup
+  assert 'python -m pytest -n auto -m "not slow"' in setup
+  full = re.search(r"\n(python -m pytest -n auto) +# everything", setup)
+  assert full, setup
+  ci = (ROOT / ".ci" / "run").read_text()
+  assert f"\n{full.group(1)} -q --durations=25\n" in ci
 
 
 @pytest.mark.slow
