@@ -187,6 +187,61 @@ def test_float_hyperparameters_are_arguments_not_constants(name):
   assert step._cache_size() == 1
 
 
+def test_a_graphsam_run_trains_the_papers_graphsam():
+  # A run's config, through the engine's step with its hyperparameters as
+  # arrays, is the paper's GraphSAM written out by hand: anchored on the first
+  # step of every epoch, rho 0.05 halved every epoch, beta 0.99, around Adam
+  # (0.9, 0.999, 1e-8) on the paper's learning-rate schedule. Three epochs,
+  # so anchors and rho decays both recur.
+  steps_per_epoch, epochs = 3, 3
+  config = default.get_config("bbbp").replace(optimizer="graphsam")
+  batches = synthetic.random_batches(
+    4, steps_per_epoch * epochs, batch_size=4, mean_atoms=6
+  )
+  params = _Toy().init(jax.random.key(0), batches[0].graphs, None)["params"]
+  make_tx, step = _toy_step(config, steps_per_epoch)
+  values = jax.device_put(_values(config))
+  got_params, got_state, totals = jax.device_put(
+    (params, make_tx(values).init(params), train.EpochTotals.zeros())
+  )
+
+  def rho(count):
+    return 0.05 * 0.5 ** jnp.floor_divide(count, steps_per_epoch)
+
+  adam = optax.adam(
+    train.learning_rate_schedule(config, steps_per_epoch),
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+  )
+  tx = graphsam_optax.graphsam(
+    adam, anchor_every=steps_per_epoch, rho=rho, beta=0.99
+  )
+  want_params, want_state = params, tx.init(params)
+  loss_fn = train.make_loss_fn(_Toy(), "classification")
+  rhos = []
+  for batch in batches:
+    got_params, got_state, totals = step(
+      got_params, got_state, totals, batch, values, None
+    )
+    rhos.append(float(got_state.rho))
+    grad = jax.grad(lambda p, batch=batch: loss_fn(p, batch, None))
+    updates, want_state = tx.update(
+      grad(want_params), want_state, want_params, grad_fn=grad
+    )
+    want_params = optax.apply_updates(want_params, updates)
+  # The state's rho is that of the next step: epochs 0, 0, 1, 1, 1, 2, ...
+  np.testing.assert_allclose(
+    rhos, [0.05 * 0.5 ** ((t + 1) // steps_per_epoch) for t in range(9)]
+  )
+  for got, want in zip(
+    jax.tree.leaves(graphsam_optax.eval_params(got_state, got_params)),
+    jax.tree.leaves(graphsam_optax.eval_params(want_state, want_params)),
+    strict=True,
+  ):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
 def test_epoch_totals_record_the_first_nonfinite_loss():
   totals = train.EpochTotals.zeros()
   for loss in (1.0, 2.0, np.nan, np.inf, 3.0):
