@@ -272,6 +272,14 @@ def select_budget(
   )
 
 
+def budget_of(
+  n_atoms: np.ndarray, idx: np.ndarray, budgets: Sequence[BatchShape]
+) -> BatchShape:
+  """The shape a batch of the molecules ``idx`` is padded to (none built)."""
+  nodes, pairs, blocks = batch_totals(n_atoms, idx, budgets[0].block_size)
+  return select_budget(nodes, pairs, len(idx), blocks, budgets)
+
+
 def shape_of(batch: GraphBatch, budgets: Sequence[BatchShape]) -> BatchShape:
   """The shape a padded batch was built for (its node count tells)."""
   nodes = np.shape(batch.graphs.nodes)[-2]
@@ -498,10 +506,7 @@ class PreparedData:
     to, in the order they first occur (no batch is built)."""
     used = []
     for idx in batches:
-      totals = batch_totals(
-        self.dataset.n_atoms, idx, self.budgets[0].block_size
-      )
-      budget = select_budget(*totals[:2], len(idx), totals[2], self.budgets)
+      budget = budget_of(self.dataset.n_atoms, idx, self.budgets)
       if budget not in used:
         used.append(budget)
     return used

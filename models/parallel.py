@@ -171,17 +171,10 @@ def make_device_batch(
     )
   chunks = np.array_split(idx, num_devices)
   budgets = list(budgets)
-  size = budgets[0].block_size
-  fits = []
-  for chunk in chunks:
-    nodes, pairs, blocks = input_pipeline.batch_totals(
-      graphs.n_atoms, chunk, size
-    )
-    fits.append(
-      budgets.index(
-        input_pipeline.select_budget(nodes, pairs, len(chunk), blocks, budgets)
-      )
-    )
+  fits = [
+    budgets.index(input_pipeline.budget_of(graphs.n_atoms, chunk, budgets))
+    for chunk in chunks
+  ]
   common = (budgets[max(fits)],)
   return stack_batches(
     [

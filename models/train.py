@@ -875,26 +875,29 @@ def _prefetch(fns, engine, data, config, values, shapes) -> None:
   valid_shapes = data.shapes_used(
     input_pipeline.batch_indices(data.split.valid, data.batch_size)
   )
-  for budgets, part in ((train_shapes, "train"), (valid_shapes, "valid")):
-    for budget in budgets:
-      batch = input_pipeline.make_batch(
-        data.dataset.graphs,
-        data.dataset.labels,
-        getattr(data.split, part)[:1],
-        [budget],
-        scaler=data.scaler,
-      )
-      if part == "train":
-        engine.step.prefetch(
-          params,
-          opt_state,
-          EpochTotals.zeros(),
-          batch,
-          values,
-          blocks=budget.blocks,
-        )
-      else:
-        fns.predicts.prefetch(params, batch.graphs, blocks=budget.blocks)
+
+  def example(molecules, budget):
+    """A batch of one molecule in ``budget``'s shape: what compiles."""
+    return input_pipeline.make_batch(
+      data.dataset.graphs,
+      data.dataset.labels,
+      molecules[:1],
+      [budget],
+      scaler=data.scaler,
+    )
+
+  for budget in train_shapes:
+    engine.step.prefetch(
+      params,
+      opt_state,
+      EpochTotals.zeros(),
+      example(data.split.train, budget),
+      values,
+      blocks=budget.blocks,
+    )
+  for budget in valid_shapes:
+    graphs = example(data.split.valid, budget).graphs
+    fns.predicts.prefetch(params, graphs, blocks=budget.blocks)
 
 
 def train_epoch(
