@@ -109,6 +109,20 @@ def swept_value(cell: dict) -> float | None:
   return cell["hyperparameters"].get(SWEPT, defaults[SWEPT])
 
 
+def wall_of(run: dict) -> float | None:
+  """A run's wall seconds over all its invocations, None where unknown.
+
+  ``models.train`` counts a resumed run's earlier invocations since it
+  records ``elapsed_seconds``; a run resumed before then has the wall time
+  of its last invocation only, told by its training seconds (summed over
+  every invocation) exceeding it.
+  """
+  train_seconds = run.get("train_seconds")
+  if train_seconds is not None and train_seconds > run["wall_seconds"]:
+    return None
+  return run["wall_seconds"]
+
+
 def _order(key: tuple) -> tuple:
   dataset, optimizer, overrides = key
   datasets = list(default.MODEL_SIZES)  # the paper's order, then ours
@@ -127,9 +141,10 @@ def summarize_cells(runs: Sequence[dict], asked: Sequence[dict]) -> list:
 
   Each has the dataset, optimizer, hyperparameters, metric, the seeds
   asked and run, the test values by seed, their mean and sample std (None
-  for fewer than two seeds), the median best and last epoch and the mean
-  wall time and gradient passes per run (None without runs, and passes
-  None where a run does not know them).
+  for fewer than two seeds), the median best and last epoch, the mean wall
+  time per run over the ``wall_runs`` runs whose :func:`wall_of` is known
+  and the mean gradient passes per run (None without runs, and passes None
+  where a run does not know them).
   """
   grouped: dict[tuple, dict] = {}
   for slot in asked:
@@ -157,17 +172,20 @@ def summarize_cells(runs: Sequence[dict], asked: Sequence[dict]) -> list:
       "median_best_epoch": None,
       "median_epochs": None,
       "mean_wall_seconds": None,
+      "wall_runs": 0,
       "mean_gradient_passes": None,
     }
     if members:
       mean, std = common.mean_std(values)
       passes = [r["gradient_passes"] for r in members]
+      walls = [w for w in map(wall_of, members) if w is not None]
       cell.update(
         mean=mean,
         std=None if math.isnan(std) else std,
         median_best_epoch=float(np.median([r["best_epoch"] for r in members])),
         median_epochs=float(np.median([r["epochs"] for r in members])),
-        mean_wall_seconds=float(np.mean([r["wall_seconds"] for r in members])),
+        mean_wall_seconds=float(np.mean(walls)) if walls else None,
+        wall_runs=len(walls),
         mean_gradient_passes=None if None in passes else float(np.mean(passes)),
       )
     cells.append(cell)
@@ -352,7 +370,12 @@ def cells_table(cells: Sequence[dict]) -> str:
         "—" if c["hyperparameters"] else _paper(c["dataset"], c["optimizer"]),
         _number(c["median_best_epoch"], "g"),
         _number(c["median_epochs"], "g"),
-        _minutes(c["mean_wall_seconds"]),
+        _minutes(c["mean_wall_seconds"])
+        + (
+          f" (n={c['wall_runs']})"
+          if c["seeds"] and c["wall_runs"] < len(c["seeds"])
+          else ""
+        ),
         _number(c["mean_gradient_passes"], ",.0f"),
       )
       for c in cells
@@ -389,6 +412,12 @@ def paired_table(rows: Sequence[dict]) -> str:
   )
 
 
+def _wall_minutes(run: dict) -> str:
+  if wall_of(run) is None:
+    return f"{_minutes(run['wall_seconds'])}†"
+  return _minutes(run["wall_seconds"])
+
+
 def runs_table(runs: Sequence[dict]) -> str:
   def minutes(name):
     return lambda r: _number(None if r[name] is None else r[name] / 60, ".1f")
@@ -399,7 +428,7 @@ def runs_table(runs: Sequence[dict]) -> str:
       for r in sorted(runs, key=lambda r: (_order(cell_key(r)), r["seed"]))
     ),
     [
-      ("wall min", lambda r: _minutes(r["wall_seconds"])),
+      ("wall min", _wall_minutes),
       ("train min", lambda r: _minutes(r["train_seconds"])),
       ("compile s", lambda r: _number(r["compile_seconds"], ".0f")),
       ("graphs/s", lambda r: f"{r['graphs_per_s']:.0f}"),
@@ -626,7 +655,14 @@ def markdown(report: dict) -> str:
     f"Runs finished: {len(report['runs'])} of {totals['asked']} asked"
     + (f", {len(report['failed'])} diverged" if report["failed"] else "")
     + f"; compute: {totals['wall_seconds'] / 3600:.2f} h wall time (sum of "
-    f"the runs' wall_seconds), {totals['train_seconds'] / 3600:.2f} h in "
+    "the runs' wall_seconds"
+    + (
+      f"; {totals['partial_walls']} resumed runs count their training "
+      "seconds, a lower bound"
+      if totals["partial_walls"]
+      else ""
+    )
+    + f"), {totals['train_seconds'] / 3600:.2f} h in "
     f"training epochs; written {report['written']}.",
     "",
     "Best mean per dataset in bold (ROC-AUC higher is better, RMSE lower). "
@@ -646,8 +682,11 @@ def markdown(report: dict) -> str:
     "epoch × epochs trained: exact for Adam, SAM and GraphSAM (one anchor "
     "pass per epoch), — where they depend on the data (AE-SAM, RST with a "
     "schedule). Wall time per run is its summary's wall_seconds "
-    "(compilation, evaluation and checkpoints included; a resumed run's "
-    "covers its last invocation only).",
+    "(compilation, evaluation and checkpoints included, over every "
+    "invocation of a resumed run); (n=k) marks a mean over the k runs "
+    "whose wall time is known, leaving out runs resumed before wall time "
+    "was kept across invocations († in the runs table: their last "
+    "invocation's).",
     "",
     cells_table(report["cells"]),
     "",
@@ -701,7 +740,13 @@ def build(runs, asked, failed, **context) -> dict:
     "paired": paired_differences(runs),
     "totals": {
       "asked": sum(len(c["asked_seeds"]) for c in cells),
-      "wall_seconds": float(sum(r["wall_seconds"] for r in runs)),
+      "wall_seconds": float(
+        sum(
+          r["train_seconds"] if wall_of(r) is None else r["wall_seconds"]
+          for r in runs
+        )
+      ),
+      "partial_walls": sum(wall_of(r) is None for r in runs),
       "train_seconds": float(
         sum(r["train_seconds"] for r in runs if r["train_seconds"] is not None)
       ),

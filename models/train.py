@@ -746,6 +746,20 @@ class _Checkpoints:
     self.manager.close()
 
 
+def _elapsed_before(history: Sequence[dict]) -> float:
+  """Wall seconds from a run's start to the end of its last kept epoch.
+
+  Run directories written before metrics recorded ``elapsed_seconds`` give
+  their epochs' training seconds, a lower bound.
+  """
+  if not history:
+    return 0.0
+  last = history[-1].get("elapsed_seconds")
+  if last is None:
+    return float(sum(row["train_seconds"] for row in history))
+  return float(last)
+
+
 def _write_history(workdir: Path, history: Sequence[dict]) -> None:
   run_dir.write_text(
     workdir / "metrics.json", json.dumps(list(history), indent=1)
@@ -1018,10 +1032,14 @@ def train_and_evaluate(
   checkpoints = _Checkpoints(workdir / "checkpoints")
   restored = checkpoints.restore(state)
   history = []
+  # Wall seconds of the run's earlier invocations up to their last
+  # checkpoint, so that a resumed run's wall time covers all of it.
+  earlier_seconds = 0.0
   if restored is not None:
     state = restored
     done = int(state["epoch"])
     history = run_dir.read_history(workdir, done)
+    earlier_seconds = _elapsed_before(history)
     log(f"resuming {workdir} after epoch {done}")
   # Committed to the device(s) whether fresh or restored, so that the
   # compiled step sees the same input shardings in every run.
@@ -1077,6 +1095,7 @@ def train_and_evaluate(
         f"best_valid_{metric}": float(state["best_metric"]),
         "train_seconds": train_time,
         "graphs_per_s": graphs / train_time,
+        "elapsed_seconds": earlier_seconds + time.perf_counter() - start,
       }
       history.append(row)
       state.update(
@@ -1105,7 +1124,7 @@ def train_and_evaluate(
     f"best_valid_{metric}": float(state["best_metric"]),
     "best_epoch": int(state["best_epoch"]),
     "epochs": epoch,
-    "wall_seconds": time.perf_counter() - start,
+    "wall_seconds": earlier_seconds + time.perf_counter() - start,
     # The median epoch: compilation makes the first ones slower.
     "graphs_per_s": float(np.median(rates)) if rates else math.nan,
     # Compiled by this run; steps compiled by an earlier run of the family
@@ -1114,7 +1133,6 @@ def train_and_evaluate(
     "compiled_evaluations": predict.compiled - compiled[2],
     "compile_seconds": engine.step.seconds + predict.seconds - compiled[1],
     "steps_per_epoch": steps_per_epoch,
-    # Over every invocation of a resumed run, unlike wall_seconds.
     "train_seconds": float(sum(row["train_seconds"] for row in history)),
     "num_params": num_params,
     "seed": config.seed,

@@ -152,6 +152,40 @@ def test_runs_carry_gradient_passes_and_the_grid_its_compute(fixture_report):
   assert f"Runs finished: {len(walls)} of {len(walls) + 1} asked" in text
 
 
+def test_runs_resumed_before_wall_time_was_kept_leave_the_wall_means():
+  report_lib = table1.report_lib
+
+  def run(seed, wall, train_seconds):
+    return {
+      "dataset": "bbbp",
+      "optimizer": "sam",
+      "hyperparameters": {},
+      "seed": seed,
+      "metric": "roc_auc",
+      "test": 0.9,
+      "best_valid": 0.9,
+      "best_epoch": 5,
+      "epochs": 10,
+      "wall_seconds": wall,
+      "train_seconds": train_seconds,
+      "graphs_per_s": 100.0,
+      "compile_seconds": 1.0,
+      "steps_per_epoch": 5,
+      "gradient_passes": 100.0,
+    }
+
+  # Seed 2 resumed under the old engine: 210 s of training, 60 s of wall.
+  runs = [run(0, 300.0, 250.0), run(1, 500.0, 420.0), run(2, 60.0, 210.0)]
+  assert [report_lib.wall_of(r) for r in runs] == [300.0, 500.0, None]
+  report = report_lib.build(runs, [], [], stem="t")
+  (cell,) = report["cells"]
+  assert cell["mean_wall_seconds"] == 400.0 and cell["wall_runs"] == 2
+  assert "6.7 (n=2)" in report_lib.cells_table(report["cells"])
+  assert "1.0†" in report_lib.runs_table(runs)
+  assert report["totals"]["wall_seconds"] == 300.0 + 500.0 + 210.0
+  assert report["totals"]["partial_walls"] == 1
+
+
 def test_rho_sweep_table_and_plot(fixture_report):
   report, out = fixture_report
   text = (out / "table1_paper_schedule.md").read_text()

@@ -342,6 +342,20 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
   for a, b in zip(*histories, strict=True):
     assert a["valid_rmse"] == b["valid_rmse"]
     assert a["train_loss"] == b["train_loss"]
+  # The wall time runs on from the killed invocation's last epoch.
+  elapsed = [row["elapsed_seconds"] for row in histories[1]]
+  assert elapsed == sorted(elapsed)
+  assert resumed["wall_seconds"] > elapsed[1] + sum(
+    row["train_seconds"] for row in histories[1][2:]
+  )
+
+
+def test_resumed_wall_time_of_a_run_directory_without_elapsed_seconds():
+  history = [{"train_seconds": 2.0}, {"train_seconds": 3.0}]
+  assert train._elapsed_before(history) == 5.0
+  history[-1]["elapsed_seconds"] = 7.5
+  assert train._elapsed_before(history) == 7.5
+  assert train._elapsed_before([]) == 0.0
 
 
 def test_output_directory_of_another_configuration_is_refused(tmp_path):
