@@ -504,10 +504,11 @@ def _minutes(seconds: float) -> str:
   return f"{seconds / 60:.1f} min"
 
 
-def main(argv=None) -> dict:
+def main(argv=None, name: str = NAME) -> dict:
+  """Runs the grid of ``argv``; ``name`` is the script the report names."""
   parser = make_parser()
   args = parse_args(parser, argv)
-  command = common.command(NAME, argv)
+  command = common.command(name, argv)
   info = common.machine()
   print(f"command: {command}\nmachine: {info}", flush=True)
   schedule = Schedule.from_args(args)
