@@ -57,6 +57,8 @@ PAPER = {
   ("esol", "sam"): [("GROVER", 0.619, None)],
   ("esol", "graphsam"): [("GROVER", 0.625, None)],
 }
+# How the plot marks the paper's numbers of each backbone.
+PAPER_MARKERS = {"CoMPT": "rx", "GROVER": "C7+"}
 # Paired comparisons (first minus second) on the same split and
 # initialization per seed.
 PAIRS = (("graphsam", "sam"), ("graphsam", "adam"), ("sam", "adam"))
@@ -518,7 +520,8 @@ def _title(ax, dataset: str) -> None:
 
 
 def plot_cells(cells: Sequence[dict], path: Path) -> None:
-  """One panel per dataset: mean ± std bars, seeds as dots, paper as x."""
+  """One panel per dataset: mean ± std bars, seeds as dots, the paper's
+  numbers marked by backbone (:data:`PAPER_MARKERS`)."""
   import matplotlib.pyplot as plt
 
   main = [c for c in cells if not c["hyperparameters"] and c["seeds"]]
@@ -536,15 +539,20 @@ def plot_cells(cells: Sequence[dict], path: Path) -> None:
       color="#9bb7d4",
       capsize=3,
     )
+    paper = []
     for i, c in enumerate(here):
       ax.plot([i] * len(c["test"]), c["test"], "k.", markersize=4)
-      for _, m, _ in PAPER.get((dataset, c["optimizer"]), []):
-        ax.plot(i, m, "rx", markersize=6)
-    _limits(ax, [v for c in here for v in c["test"]])
+      for backbone, m, _ in PAPER.get((dataset, c["optimizer"]), []):
+        ax.plot(i, m, PAPER_MARKERS[backbone], markersize=7)
+        paper.append(m)
+    _limits(ax, [v for c in here for v in c["test"]] + paper)
     _title(ax, dataset)
     ax.set_xticks(x, [OPTIMIZER_LABELS.get(c["optimizer"]) for c in here])
     ax.tick_params(axis="x", rotation=30)
-  fig.suptitle("Test metric: mean ± std over seeds (dots: seeds, x: paper)")
+  fig.suptitle(
+    "Test metric: mean ± std over seeds (dots: seeds; paper: x CoMPT, "
+    "+ GROVER, another backbone)"
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
