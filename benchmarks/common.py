@@ -6,7 +6,7 @@ Every script of ``benchmarks/`` runs as a module from the repository root,
 standard deviation over seeds (:func:`mean_std`, ddof 1) in Markdown tables
 (:func:`markdown_table`). Finished training runs are read back from the run
 directories that ``models.train.train_and_evaluate`` (and ``graphsam-train
---out``) write, ``summary.json`` and ``metrics.csv`` (:func:`load_run`,
+--out``) write, ``summary.json`` and ``metrics.json`` (:func:`load_run`,
 :func:`find_runs`, :func:`summary_row`).
 """
 
@@ -36,8 +36,10 @@ RUN_COLUMNS: tuple[tuple[str, Callable[[dict], object]], ...] = (
   ("epochs", lambda r: r["epochs"]),
 )
 # What a finished run directory holds (train_and_evaluate writes
-# summary.json last).
-RUN_FILES = ("metrics.csv", "summary.json")
+# summary.json last). Reports read the per-epoch record from metrics.json,
+# the engine's own (resumption reads it too); metrics.csv is its copy for
+# spreadsheets.
+RUN_FILES = ("metrics.json", "summary.json")
 # What makes a directory a run directory, finished or not.
 RUN_MARKER = "config.json"
 
@@ -157,7 +159,7 @@ def load_run(run_dir: str | os.PathLike) -> dict:
   """``{"metrics" (DataFrame), "summary", "config"}`` of a finished run.
 
   Raises:
-    FileNotFoundError: the run has no ``metrics.csv`` or ``summary.json``;
+    FileNotFoundError: the run has no ``metrics.json`` or ``summary.json``;
       the message names the directory.
   """
   import pandas as pd
@@ -172,7 +174,7 @@ def load_run(run_dir: str | os.PathLike) -> dict:
     )
   config = run_dir / RUN_MARKER
   return {
-    "metrics": pd.read_csv(run_dir / "metrics.csv"),
+    "metrics": pd.DataFrame(json.loads((run_dir / "metrics.json").read_text())),
     "summary": json.loads((run_dir / "summary.json").read_text()),
     "config": json.loads(config.read_text()) if config.exists() else None,
   }
@@ -182,7 +184,7 @@ def find_runs(roots: Iterable[str | os.PathLike]) -> tuple[list, list]:
   """The run directories at or below ``roots``: ``(finished, unfinished)``.
 
   A run directory holds ``config.json``; it is finished when it also holds
-  ``summary.json`` and ``metrics.csv``. The search does not descend into
+  ``summary.json`` and ``metrics.json``. The search does not descend into
   run directories. Missing roots hold no runs.
   """
   finished, unfinished = [], []

@@ -1,7 +1,7 @@
 """Learning curves and the seed summary of finished ``graphsam-train`` runs.
 
 Reads the output directories that ``graphsam-train --out DIR`` (or
-``models.train.train_and_evaluate``) writes, ``metrics.csv`` and
+``models.train.train_and_evaluate``) writes, ``metrics.json`` and
 ``summary.json``, and reports
 
 * per run: test metric, best validation epoch and metric, epochs trained,

@@ -1,6 +1,6 @@
 """benchmarks/training_curves.py on finished runs stored as fixture files.
 
-``data/training_curves/`` holds the ``metrics.csv`` and ``summary.json`` (all
+``data/training_curves/`` holds the ``metrics.json`` and ``summary.json`` (all
 that the script reads) of three tiny ``graphsam-train`` runs: the test
 config on 64 nci5k-tpsa molecules for 2 epochs, graphsam with seeds 0 and 1,
 adam with seed 0 (made by ``models.train.train_and_evaluate``).
@@ -59,5 +59,5 @@ def test_unfinished_run_is_refused_by_name(run_dirs, tmp_path):
   )
   assert done.returncode == 2
   assert f"{unfinished} is not a finished graphsam-train run" in done.stderr
-  assert "metrics.csv, summary.json" in done.stderr
+  assert "metrics.json, summary.json" in done.stderr
   assert not (tmp_path / "curves.md").exists()
