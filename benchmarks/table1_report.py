@@ -260,6 +260,48 @@ def paired_differences(runs: Sequence[dict]) -> list[dict]:
   return rows
 
 
+def pooled_signs(paired: Sequence[dict]) -> list[dict]:
+  """Each of :data:`PAIRS` over every dataset's paired seeds, by direction.
+
+  Metric units differ across datasets, so only which of the two is better
+  per seed is pooled: ``first_better`` of ``untied`` seeds (ties left out),
+  with ``scipy.stats.binomtest``'s two-sided exact p at 1/2 (the sign test;
+  None without an untied seed). The pooled seeds are independent: each
+  dataset's seeds draw their own splits and initializations.
+  """
+  from scipy import stats
+
+  rows = []
+  for first, second in PAIRS:
+    rows_of_pair = [
+      r for r in paired if (r["first"], r["second"]) == (first, second)
+    ]
+    if not rows_of_pair:
+      continue
+    better = sum(r["first_better"] for r in rows_of_pair)
+    untied = sum(int(np.count_nonzero(r["differences"])) for r in rows_of_pair)
+    rows.append(
+      {
+        "first": first,
+        "second": second,
+        "datasets": [r["dataset"] for r in rows_of_pair],
+        "seeds": sum(len(r["seeds"]) for r in rows_of_pair),
+        "untied": untied,
+        "first_better": better,
+        "p": float(stats.binomtest(better, untied).pvalue) if untied else None,
+      }
+    )
+  return rows
+
+
+def _pooled_line(row: dict) -> str:
+  return (
+    f"{OPTIMIZER_LABELS[row['first']]} better than "
+    f"{OPTIMIZER_LABELS[row['second']]} on {row['first_better']} of "
+    f"{row['untied']} seeds (sign test p = {_number(row['p'], '.3f')})"
+  )
+
+
 def verdict(row: dict) -> str:
   """A paired row in words, by the paired t-test at :data:`ALPHA`."""
   if row["t_p"] is None or math.isnan(row["t_p"]):
@@ -414,6 +456,28 @@ def paired_table(rows: Sequence[dict]) -> str:
   )
 
 
+def pooled_table(rows: Sequence[dict]) -> str:
+  return common.markdown_table(
+    [
+      "difference",
+      "datasets",
+      "untied seeds",
+      "first better on",
+      "sign test p",
+    ],
+    (
+      (
+        f"{OPTIMIZER_LABELS[r['first']]} − {OPTIMIZER_LABELS[r['second']]}",
+        ", ".join(r["datasets"]),
+        f"{r['untied']} of {r['seeds']}",
+        str(r["first_better"]),
+        _number(r["p"], ".3f"),
+      )
+      for r in rows
+    ),
+  )
+
+
 def _wall_minutes(run: dict) -> str:
   if wall_of(run) is None:
     return f"{_minutes(run['wall_seconds'])}†"
@@ -440,8 +504,10 @@ def runs_table(runs: Sequence[dict]) -> str:
   )
 
 
-def reading(cells: Sequence[dict], paired: Sequence[dict]) -> list[str]:
-  """Per dataset, what the paired tests say, in words."""
+def reading(
+  cells: Sequence[dict], paired: Sequence[dict], pooled: Sequence[dict]
+) -> list[str]:
+  """Per dataset, what the paired tests say, in words; then pooled."""
   lines = []
   for dataset in dict.fromkeys(c["dataset"] for c in cells):
     rows = [r for r in paired if r["dataset"] == dataset]
@@ -471,6 +537,10 @@ def reading(cells: Sequence[dict], paired: Sequence[dict]) -> list[str]:
     lines.append(
       f"- {dataset} ({label}, {'higher' if direction == 'max' else 'lower'}"
       f" is better): " + "; ".join(parts) + "."
+    )
+  if len({d for r in pooled for d in r["datasets"]}) > 1:
+    lines.append(
+      "- pooled over datasets: " + "; ".join(map(_pooled_line, pooled)) + "."
     )
   return lines
 
@@ -709,9 +779,23 @@ def markdown(report: dict) -> str:
     "",
     paired_table(report["paired"]) if report["paired"] else "No pairs yet.",
     "",
+    "## Pooled over datasets",
+    "",
+    "With 3-5 seeds per dataset no single test above has much power. "
+    "Pooled over datasets, the seeds on which the first optimizer is "
+    "better (metric units differ, so only the direction is pooled; ties "
+    "left out) against an even chance: exact two-sided sign test "
+    "(scipy binomtest). It asks whether one optimizer wins more often, not "
+    "by how much.",
+    "",
+    pooled_table(report["pooled"]) if report["pooled"] else "No pairs yet.",
+    "",
     "## Reading",
     "",
-    *(reading(report["cells"], report["paired"]) or ["No pairs yet."]),
+    *(
+      reading(report["cells"], report["paired"], report["pooled"])
+      or ["No pairs yet."]
+    ),
     "",
   ]
   sweep = sweep_table(report["cells"])
@@ -739,13 +823,15 @@ def build(runs, asked, failed, **context) -> dict:
   ``schedule_text``, ``command``, ``machine``, ``written``) with the runs,
   cells, pairs and totals."""
   cells = summarize_cells(runs, asked)
+  paired = paired_differences(runs)
   return {
     **context,
     "runs": list(runs),
     "asked": list(asked),
     "failed": list(failed),
     "cells": cells,
-    "paired": paired_differences(runs),
+    "paired": paired,
+    "pooled": pooled_signs(paired),
     "totals": {
       "asked": sum(len(c["asked_seeds"]) for c in cells),
       "wall_seconds": float(

@@ -133,6 +133,45 @@ def test_paired_tests_match_scipy(fixture_report):
     assert ("significantly" in table1.report_lib.verdict(row)) == significant
 
 
+def test_pooled_sign_test_counts_wins_over_datasets_by_direction(
+  fixture_report,
+):
+  report, out = fixture_report
+  expected = fixture_runs()
+  pooled = {(r["first"], r["second"]): r for r in report["pooled"]}
+  assert set(pooled) == {
+    ("graphsam", "sam"),
+    ("graphsam", "adam"),
+    ("sam", "adam"),
+  }
+  text = (out / "table1_paper_schedule.md").read_text()
+  for (first, second), row in pooled.items():
+    wins = untied = seeds = 0
+    for dataset in ("bbbp", "esol"):
+      a_runs, b_runs = expected[(dataset, first)], expected[(dataset, second)]
+      for seed in set(a_runs) & set(b_runs):
+        a, b = metric_value(a_runs[seed][0]), metric_value(b_runs[seed][0])
+        seeds += 1
+        untied += a != b
+        wins += (a > b) if dataset == "bbbp" else (a < b)
+    assert (row["first_better"], row["untied"], row["seeds"]) == (
+      wins,
+      untied,
+      seeds,
+    )
+    assert row["datasets"] == ["bbbp", "esol"]
+    assert row["p"] == pytest.approx(stats.binomtest(wins, untied).pvalue)
+  # ESOL is an RMSE: GraphSAM's three lower errors than Adam's are wins, so
+  # pooling by the sign of the difference alone would count 1, not 4.
+  assert pooled[("graphsam", "adam")]["first_better"] == 4
+  row = pooled[("graphsam", "sam")]
+  assert "## Pooled over datasets" in text
+  assert (
+    f"- pooled over datasets: GraphSAM better than SAM on {row['first_better']}"
+    f" of {row['untied']} seeds (sign test p = {row['p']:.3f})"
+  ) in text
+
+
 def test_runs_carry_gradient_passes_and_the_grid_its_compute(fixture_report):
   report, out = fixture_report
   expected = fixture_runs()
