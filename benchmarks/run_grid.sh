@@ -11,5 +11,11 @@ grid --datasets bbbp --optimizers graphsam adam sam --seeds 0
 grid --datasets bbbp --optimizers sam --seeds 1 2 3 4
 grid --datasets bbbp --optimizers graphsam adam --seeds 1 2 3 4
 grid --datasets clintox sider esol freesolv --seeds 0 1 2
-grid --datasets bbbp esol --optimizers graphsam --rho 0.01 0.02 0.1 0.2 --seeds 0 1 2
+# The rho sweep: ESOL first (half BBBP's minutes per run), then BBBP one
+# seed at a time, so a sweep cut short still covers every rho.
+sweep() { grid --optimizers graphsam --rho 0.01 0.02 0.1 0.2 "$@"; }
+sweep --datasets esol --seeds 0 1 2
+sweep --datasets bbbp --seeds 0
+sweep --datasets bbbp --seeds 1
+sweep --datasets bbbp --seeds 2
 grid --datasets tox21 lipophilicity --seeds 0 1 2
