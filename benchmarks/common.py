@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models import run_dir as run_layout
+
 # The first columns of every per-run table: header, cell of a summary_row.
 RUN_COLUMNS: tuple[tuple[str, Callable[[dict], object]], ...] = (
   ("dataset", lambda r: r["dataset"]),
@@ -39,9 +41,9 @@ RUN_COLUMNS: tuple[tuple[str, Callable[[dict], object]], ...] = (
 # summary.json last). Reports read the per-epoch record from metrics.json,
 # the engine's own (resumption reads it too); metrics.csv is its copy for
 # spreadsheets.
-RUN_FILES = ("metrics.json", "summary.json")
+RUN_FILES = (run_layout.METRICS, run_layout.SUMMARY)
 # What makes a directory a run directory, finished or not.
-RUN_MARKER = "config.json"
+RUN_MARKER = run_layout.CONFIG
 
 
 def command(name: str, argv: Sequence[str] | None = None) -> str:
@@ -173,9 +175,10 @@ def load_run(run_dir: str | os.PathLike) -> dict:
       "is run again)"
     )
   config = run_dir / RUN_MARKER
+  metrics, summary = (run_dir / name for name in RUN_FILES)
   return {
-    "metrics": pd.DataFrame(json.loads((run_dir / "metrics.json").read_text())),
-    "summary": json.loads((run_dir / "summary.json").read_text()),
+    "metrics": pd.DataFrame(json.loads(metrics.read_text())),
+    "summary": json.loads(summary.read_text()),
     "config": json.loads(config.read_text()) if config.exists() else None,
   }
 
