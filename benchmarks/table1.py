@@ -8,8 +8,10 @@ checkpoint scored once on test), with the optimizer taken from the
 ``graphsam_optax`` registry ("adam" is Adam alone). Options change the
 *schedule* (``--epochs``, ``--patience``, ``--warmup-epochs``,
 ``--lr-decay-epochs``, ``--max-molecules``, ``--batch-size``, ``--config
-test``); ``--rho`` adds a cell per value for every optimizer that has a
-``rho`` (the registry default is the plain cell).
+test``); ``--rho`` and ``--gamma`` add a cell per value (per combination) for every
+optimizer that has the hyperparameter (the registry default is the plain
+cell): ``--optimizers graphsam --gamma 1`` keeps GraphSAM's ρ constant,
+``--optimizers sam --gamma 0.5`` runs SAM on GraphSAM's decaying ρ.
 
 All runs train one after another in this process, in the order dataset,
 seed, optimizer, so a grid cut short leaves whole seeds. Each run has its own
@@ -46,6 +48,8 @@ CSVs)::
   python -m benchmarks.table1 --datasets clintox sider esol freesolv
   python -m benchmarks.table1 --datasets bbbp esol --optimizers graphsam \\
     --rho 0.01 0.02 0.1 0.2                   # the rho sweep
+  python -m benchmarks.table1 --datasets bbbp esol freesolv \\
+    --optimizers graphsam --gamma 1           # a control: rho kept
   python -m benchmarks.table1 --report-only   # rewrite the report
 """
 
@@ -54,6 +58,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import math
 import time
@@ -83,6 +88,9 @@ SCHEDULE_FIELDS = {
   "batch_size": "batch",
 }
 PAPER_SCHEDULE = "paper_schedule"
+# Hyperparameters a command may give several values of: a cell per value
+# (per combination) for every optimizer that has them.
+SWEEPABLE = ("rho", "gamma")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,10 +195,16 @@ def grid(args: argparse.Namespace) -> list[dict]:
     defaults = graphsam_optax.optimizer_spec(
       train.registry_name(optimizer)
     ).defaults
-    values = args.rho if args.rho and "rho" in defaults else [None]
+    choices = []
+    for name in SWEEPABLE:
+      values = getattr(args, name)
+      values = values if values and name in defaults else [None]
+      choices.append(
+        [{} if v is None or v == defaults[name] else {name: v} for v in values]
+      )
     cells += [
-      (optimizer, {} if v in (None, defaults.get("rho")) else {"rho": v})
-      for v in values
+      (optimizer, {**rho, **gamma})
+      for rho, gamma in itertools.product(*choices)
     ]
   return list(
     {
@@ -408,6 +422,15 @@ def make_parser() -> argparse.ArgumentParser:
     help="a cell per value for each optimizer with a rho (the sweep)",
   )
   parser.add_argument(
+    "--gamma",
+    nargs="+",
+    type=_positive(float),
+    metavar="G",
+    help="a cell per value for each optimizer with a gamma, the factor "
+    "rho shrinks by once per decay_epochs epochs (1 keeps rho constant; "
+    "sam takes GraphSAM's schedule with gamma < 1)",
+  )
+  parser.add_argument(
     "--config",
     choices=sorted(CONFIGS),
     default="default",
@@ -467,15 +490,21 @@ def parse_args(parser, argv=None) -> argparse.Namespace:
   negative = [s for s in args.seeds if s < 0]
   if negative:
     parser.error(f"argument --seeds: seeds must be >= 0, got {negative}")
-  if args.rho and not any(
-    "rho" in graphsam_optax.optimizer_spec(train.registry_name(o)).defaults
-    for o in args.optimizers
-  ):
+  for name in SWEEPABLE:
+    if getattr(args, name) and not any(
+      name in graphsam_optax.optimizer_spec(train.registry_name(o)).defaults
+      for o in args.optimizers
+    ):
+      parser.error(
+        f"argument --{name}: none of --optimizers "
+        f"{' '.join(args.optimizers)} has a {name}; add one that does "
+        "(e.g. graphsam)"
+      )
+  if args.gamma and any(g > 1 for g in args.gamma):
     parser.error(
-      f"argument --rho: none of --optimizers {' '.join(args.optimizers)} "
-      "has a rho; add one that does (e.g. graphsam)"
+      f"argument --gamma: must be in (0, 1] (rho shrinks), got {args.gamma}"
     )
-  for name in ("datasets", "optimizers", "seeds", "rho"):
+  for name in ("datasets", "optimizers", "seeds", *SWEEPABLE):
     if getattr(args, name):
       setattr(args, name, list(dict.fromkeys(getattr(args, name))))
   args.datasets = args.datasets or []

@@ -77,7 +77,8 @@ class OptimizerSpec:
       paper's where it gives one; see ``notes``): the parameters of
       ``build`` that have one.
     needs: which of ``steps_per_epoch`` and ``total_steps`` the method needs:
-      the parameters of ``build`` of these names.
+      the parameters of ``build`` of these names without a default.
+    optional_needs: those it uses when given (parameters with a default).
   """
 
   name: str
@@ -90,10 +91,18 @@ class OptimizerSpec:
   summary: str = dataclasses.field(init=False)
   defaults: Mapping[str, Any] = dataclasses.field(init=False)
   needs: tuple[str, ...] = dataclasses.field(init=False)
+  optional_needs: tuple[str, ...] = dataclasses.field(init=False)
 
   def __post_init__(self):
     parameters = list(inspect.signature(self.build).parameters.values())[1:]
-    needs = tuple(p.name for p in parameters if p.name in _NEEDS)
+    needs = tuple(
+      p.name for p in parameters if p.name in _NEEDS and p.default is p.empty
+    )
+    optional_needs = tuple(
+      p.name
+      for p in parameters
+      if p.name in _NEEDS and p.default is not p.empty
+    )
     defaults = {p.name: p.default for p in parameters if p.name not in _NEEDS}
     if inspect.Parameter.empty in defaults.values():
       raise TypeError(f"every hyperparameter of {self.name} needs a default")
@@ -102,6 +111,7 @@ class OptimizerSpec:
     object.__setattr__(self, "summary", summary)
     object.__setattr__(self, "defaults", types.MappingProxyType(defaults))
     object.__setattr__(self, "needs", needs)
+    object.__setattr__(self, "optional_needs", optional_needs)
 
   def describe(self) -> str:
     """A paragraph for a command line's ``--help``."""
@@ -133,10 +143,34 @@ def _base(optimizer: optax.GradientTransformation):
 
 def _sam(
   optimizer: optax.GradientTransformation,
+  steps_per_epoch: int | None = None,
   rho: optax.ScalarOrSchedule = _SAM["rho"],
+  gamma: float = 1.0,
+  decay_epochs: int = _RHO_DECAY["decay_epochs"],
 ):
-  """SAM: every step takes the gradient at w + rho g/||g||."""
-  return sam(optimizer, rho)
+  """SAM: every step takes the gradient at w + rho g/||g||.
+
+  With ``steps_per_epoch``, a float ``rho`` follows GraphSAM's
+  ``rho_decay_schedule`` (``gamma`` 1, the default, keeps it constant), so
+  that SAM can run on GraphSAM's radius schedule; a schedule is used as is.
+  """
+  if callable(rho):
+    return sam(optimizer, rho)
+  _common.check_rho(rho)
+  if steps_per_epoch is None:
+    if not isinstance(gamma, (int, float)) or gamma != 1:
+      raise ValueError(
+        f"sam with gamma={gamma!r} needs steps_per_epoch (rho decays once "
+        "per decay_epochs epochs): pass get_optimizer('sam', optimizer, "
+        "steps_per_epoch=...)."
+      )
+    return sam(optimizer, rho)
+  return sam(
+    optimizer,
+    rho_decay_schedule(
+      rho, gamma, decay_epochs, steps_per_epoch=steps_per_epoch
+    ),
+  )
 
 
 def _asam(
@@ -186,7 +220,10 @@ _SPECS = (
     "2",
     lambda hp, spe: 2.0,
     reference="Foret et al., ICLR 2021, https://arxiv.org/abs/2010.01412",
-    notes="rho 0.05 as in the GraphSAM paper's SAM runs.",
+    notes=(
+      "rho 0.05 as in the GraphSAM paper's SAM runs, kept constant (gamma "
+      "1); gamma < 1 decays it as GraphSAM's schedule, given steps_per_epoch."
+    ),
   ),
   OptimizerSpec(
     "asam",
@@ -335,7 +372,8 @@ def get_optimizer(
       paper).
     steps_per_epoch: optimizer steps per epoch; needed by ``graphsam``,
       ``graphsam_authors`` and ``sam_one`` (anchor once per epoch, ρ decay
-      per epoch), ignored by the others.
+      per epoch), and by ``sam`` with ``gamma`` < 1 (ρ decay); ignored by the
+      others.
     total_steps: the length of training in steps; needed by ``ae_sam`` (its
       threshold schedule), ignored by the others.
     **hyperparameters: overrides of the defaults of ``name``; floats may be
@@ -378,7 +416,7 @@ def get_optimizer(
     ...   defaults = optimizer_spec(name).defaults
     ...   print(name, *(f"{k}={v}" for k, v in defaults.items()))
     base
-    sam rho=0.05
+    sam rho=0.05 gamma=1.0 decay_epochs=1
     asam rho=0.05 adaptive_eta=0.01
     graphsam rho=0.05 beta=0.99 gamma=0.5 decay_epochs=1 normalize_anchor=True
     graphsam_authors rho=0.05 beta=0.99 gamma=0.5 decay_epochs=1 radius=0.05
@@ -405,4 +443,8 @@ def get_optimizer(
       )
     _common.check_integer(needed, given[needed], 1, _NEEDS[needed])
   needs = {needed: given[needed] for needed in spec.needs}
+  for name in spec.optional_needs:
+    if given[name] is not None:
+      _common.check_integer(name, given[name], 1, _NEEDS[name])
+      needs[name] = given[name]
   return spec.build(optimizer, **needs, **{**spec.defaults, **hyperparameters})

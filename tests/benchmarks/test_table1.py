@@ -452,6 +452,26 @@ def test_rho_adds_a_cell_per_value_where_the_optimizer_has_one():
   ]
 
 
+def test_gamma_adds_the_controls_cells():
+  # The controls of the paper-schedule report: GraphSAM with rho kept
+  # (gamma 1) and SAM on GraphSAM's decaying rho (gamma 0.5).
+  args = table1.parse_args(
+    table1.make_parser(),
+    "--datasets esol --optimizers adam graphsam sam --seeds 0 --gamma 1 "
+    "0.5".split(),
+  )
+  assert [
+    (s["optimizer"], s["hyperparameters"]) for s in table1.grid(args)
+  ] == [
+    ("adam", {}),
+    ("graphsam", {"gamma": 1.0}),
+    ("graphsam", {}),  # 0.5 is GraphSAM's default
+    ("sam", {}),  # 1 is SAM's default
+    ("sam", {"gamma": 0.5}),
+  ]
+  assert table1.report_lib.cell_name("sam", {"gamma": 0.5}) == "sam-gamma0.5"
+
+
 @pytest.mark.parametrize(
   ("argv", "tag"),
   [
@@ -487,6 +507,14 @@ def test_schedule_names(argv, tag):
       "argument --rho: none of --optimizers adam has a rho",
     ),
     (["--datasets", "bbbp", "--rho", "0"], "argument --rho: must be > 0"),
+    (
+      ["--datasets", "bbbp", "--gamma", "2"],
+      "argument --gamma: must be in (0, 1]",
+    ),
+    (
+      ["--datasets", "bbbp", "--optimizers", "adam", "--gamma", "1"],
+      "argument --gamma: none of --optimizers adam has a gamma",
+    ),
     (["--datasets", "bbbp", "--seeds", "-1"], "argument --seeds: seeds must"),
   ],
 )

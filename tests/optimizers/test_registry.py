@@ -238,6 +238,70 @@ def test_float_hyperparameters_may_be_traced(name):
     assert not np.allclose(other[0]["w"], got[0]["w"])
 
 
+def _sam_run(steps_per_epoch, rho, gamma):
+  """SAM from the registry, traced rho and gamma, 12 steps on the family's
+  problem (as train.py builds it: every float an array in the step)."""
+
+  @jax.jit
+  def run(rho, gamma):
+    extra = {} if steps_per_epoch is None else {"gamma": gamma}
+    tx = get_optimizer(
+      "sam",
+      optax.sgd(0.5),
+      steps_per_epoch=steps_per_epoch,
+      rho=rho,
+      **extra,
+    )
+    grad_fn = jax.grad(lambda p: ref.loss(p, 0))
+
+    def step(carry, _):
+      params, state = carry
+      updates, state = tx.update(
+        grad_fn(params), state, params, grad_fn=grad_fn
+      )
+      return (optax.apply_updates(params, updates), state), None
+
+    params = ref.as_jax(ref.W0)
+    return jax.lax.scan(step, (params, tx.init(params)), None, length=12)[0]
+
+  return run(jnp.float32(rho), jnp.float32(gamma))[0]
+
+
+def test_sam_with_gamma_one_is_bit_identical_to_constant_rho():
+  constant = _sam_run(None, 0.05, 1.0)
+  kept = _sam_run(4, 0.05, 1.0)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+    constant,
+    kept,
+  )
+
+
+def test_sam_with_gamma_follows_graphsams_rho_schedule():
+  # rho_e = 0.05 * 0.5^e with 4 steps per epoch: the same run as SAM given
+  # that staircase as a schedule, and not the constant-rho run.
+  got = _sam_run(4, 0.05, 0.5)
+  schedule = lambda count: 0.05 * 0.5 ** jnp.floor(count / 4)
+  tx = get_optimizer("sam", optax.sgd(0.5), rho=schedule)
+  grad_fn = jax.grad(lambda p: ref.loss(p, 0))
+  params = ref.as_jax(ref.W0)
+  state = tx.init(params)
+  for _ in range(12):
+    updates, state = tx.update(grad_fn(params), state, params, grad_fn=grad_fn)
+    params = optax.apply_updates(params, updates)
+  jax.tree.map(
+    lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6), got, params
+  )
+  constant = _sam_run(None, 0.05, 1.0)
+  assert not np.allclose(constant["w"], got["w"], rtol=1e-6)
+
+
+def test_sam_with_gamma_needs_steps_per_epoch():
+  with pytest.raises(ValueError, match="gamma=0.5 needs steps_per_epoch"):
+    get_optimizer("sam", optax.adam(1e-3), gamma=0.5)
+  assert optimizer_spec("sam").optional_needs == ("steps_per_epoch",)
+
+
 def test_rho_schedule_is_used_as_is_by_graphsam():
   tx = get_optimizer(
     "graphsam", optax.adam(1e-3), steps_per_epoch=5, rho=lambda count: 0.125
