@@ -8,10 +8,11 @@ checkpoint scored once on test), with the optimizer taken from the
 ``graphsam_optax`` registry ("adam" is Adam alone). Options change the
 *schedule* (``--epochs``, ``--patience``, ``--warmup-epochs``,
 ``--lr-decay-epochs``, ``--max-molecules``, ``--batch-size``, ``--config
-test``); ``--rho`` and ``--gamma`` add a cell per value (per combination) for every
-optimizer that has the hyperparameter (the registry default is the plain
-cell): ``--optimizers graphsam --gamma 1`` keeps GraphSAM's ρ constant,
-``--optimizers sam --gamma 0.5`` runs SAM on GraphSAM's decaying ρ.
+test``); ``--rho`` and ``--gamma`` add a cell per value (per
+combination) for every optimizer that has the hyperparameter (the registry
+default is the plain cell): ``--optimizers graphsam --gamma 1`` keeps
+GraphSAM's ρ constant, ``--optimizers sam --gamma 0.5`` runs SAM on
+GraphSAM's decaying ρ.
 
 All runs train one after another in this process, in the order dataset,
 seed, optimizer, so a grid cut short leaves whole seeds. Each run has its own
