@@ -563,10 +563,14 @@ def sweep_table(cells: Sequence[dict]) -> str | None:
       _mean_std(c["mean"], c["std"]),
     )
     for c in sorted(
-      (c for c in cells if (c["dataset"], c["optimizer"]) in swept),
+      (
+        c
+        for c in cells
+        if (c["dataset"], c["optimizer"]) in swept
+        and swept_value(c) is not None
+      ),
       key=lambda c: (_order(cell_key(c))[:4], swept_value(c)),
     )
-    if swept_value(c) is not None
   ]
   return common.markdown_table(
     ["dataset", "optimizer", SWEPT, "seeds run / asked", "test mean ± std"],
