@@ -253,7 +253,7 @@ def _differences(found: dict, wanted: dict) -> str:
 
 def mismatch(entry: dict, schedule: Schedule) -> str | None:
   """Why a run record or failure is not of ``schedule`` (None: it is)."""
-  if entry["dataset"] not in default.MODEL_SIZES:
+  if not default.has_config(entry["dataset"]):
     return f"dataset {entry['dataset']} has no configuration of its own"
   try:
     found = canonical(entry["config"])
@@ -295,6 +295,7 @@ def read_run(path: Path) -> dict:
     if per_step is None
     else per_step * steps * summary["epochs"],
     "num_params": summary["num_params"],
+    "subsets": summary.get("test_subsets", {}),
     "run": str(path),
     "config": config,
   }
@@ -391,6 +392,16 @@ def _positive(kind):
   return parse
 
 
+def _configured_dataset(text: str) -> str:
+  """An argparse type: a dataset with a configuration, as it is spelled."""
+  if not default.has_config(text):
+    raise argparse.ArgumentTypeError(
+      f"{text!r} has no configuration; choose from "
+      f"{', '.join(default.MODEL_SIZES)} or moleculeace/<set>"
+    )
+  return default.get_config(text).dataset
+
+
 def make_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog=f"python -m benchmarks.{NAME}",
@@ -400,9 +411,10 @@ def make_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--datasets",
     nargs="+",
-    choices=list(default.MODEL_SIZES),
+    type=_configured_dataset,
     metavar="NAME",
-    help=f"of {', '.join(default.MODEL_SIZES)} (needed unless --report-only)",
+    help=f"of {', '.join(default.MODEL_SIZES)} or moleculeace/<set> (needed "
+    "unless --report-only)",
   )
   parser.add_argument(
     "--optimizers",
@@ -534,15 +546,30 @@ def _minutes(seconds: float) -> str:
   return f"{seconds / 60:.1f} min"
 
 
-def main(argv=None, name: str = NAME) -> dict:
-  """Runs the grid of ``argv``; ``name`` is the script the report names."""
+def main(
+  argv=None,
+  name: str = NAME,
+  report_module=report_lib,
+  stem_of: Callable[[Schedule], str] = lambda schedule: schedule.stem,
+) -> dict:
+  """Runs the grid of ``argv``.
+
+  Args:
+    argv: the command line (None: ``sys.argv[1:]``).
+    name: the script the report names.
+    report_module: builds and writes the report: ``build(runs, asked,
+      failed, **context)``, ``write(report, out)`` and ``main_table(cells)``
+      as :mod:`benchmarks.table1_report` has them.
+    stem_of: the report's file name (without suffix) for a schedule.
+  """
   parser = make_parser()
   args = parse_args(parser, argv)
   command = common.command(name, argv)
   info = common.machine()
   print(f"command: {command}\nmachine: {info}", flush=True)
   schedule = Schedule.from_args(args)
-  store_path = args.out / f"{schedule.stem}.json"
+  stem = stem_of(schedule)
+  store_path = args.out / f"{stem}.json"
   try:
     stored = read_store(store_path)
   except ValueError as e:
@@ -572,18 +599,18 @@ def main(argv=None, name: str = NAME) -> dict:
   args.out.mkdir(parents=True, exist_ok=True)
 
   def rewrite_report() -> dict:
-    report = report_lib.build(
+    report = report_module.build(
       sorted(runs.values(), key=slot_key),
       list(asked.values()),
       list(failed.values()),
-      stem=schedule.stem,
+      stem=stem,
       schedule_name=schedule.name,
       schedule_text=schedule.describe(),
       command=command,
       machine=info,
       written=datetime.datetime.now().isoformat(timespec="seconds"),
     )
-    paths = report_lib.write(report, args.out)
+    paths = report_module.write(report, args.out)
     write_store(
       store_path, {"schedule": dataclasses.asdict(schedule), **report}
     )
@@ -624,7 +651,7 @@ def main(argv=None, name: str = NAME) -> dict:
         flush=True,
       )
       report = rewrite_report()
-  print(report_lib.main_table(report["cells"]))
+  print(report_module.main_table(report["cells"]))
   print(f"wrote {', '.join(map(str, report['paths']))}")
   return report
 

@@ -40,6 +40,17 @@ def finite_float(text: str) -> float:
   return value
 
 
+def dataset_name(text: str) -> str:
+  """An argparse type: a registry dataset, any case, as the registry spells
+  it (``moleculeace/chembl2835_ki`` is ``moleculeace/CHEMBL2835_Ki``)."""
+  from models import datasets
+
+  try:
+    return datasets.get_spec(text).name
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def positive_int(text: str) -> int:
   """An argparse type: an integer >= 1."""
   try:

@@ -1,15 +1,22 @@
-"""MoleculeNet datasets: registry, file resolution, download, loading.
+"""Benchmark datasets: registry, file resolution, download, loading.
 
-A dataset file is looked for, in this order, in
+The registry holds the MoleculeNet sets and the 30 MoleculeACE activity-cliff
+sets (``moleculeace/<set>``: a fixed train/test split and a per-molecule
+cliff flag, see :data:`MOLECULEACE_SETS`). A dataset file is looked for, in
+this order, in
 
 1. the ``data_dir`` argument,
 2. the directory named by the environment variable ``GRAPHSAM_DATA_DIR``,
 3. the user cache directory (``cache_dir``, by default
    ``$XDG_CACHE_HOME/graphsam-optax`` or ``~/.cache/graphsam-optax``), under
-   ``moleculenet/``,
+   the dataset's collection (``moleculenet/`` or ``moleculeace/``),
 
-and is otherwise downloaded from its canonical URL into that cache (gzip
-handled), after its SHA-256 is checked. ``nci5k-tpsa`` needs no file: it is
+where each directory ``D`` is searched as ``D/<file>``,
+``D/<collection>/<file>`` and ``D/../<collection>/<file>``: a data directory
+laid out as ``data/moleculenet/`` beside ``data/moleculeace/`` serves both
+collections whichever of the three it names. A missing MoleculeNet file is
+otherwise downloaded from its canonical URL into the cache (gzip handled),
+after its SHA-256 is checked. ``nci5k-tpsa`` needs no file: it is
 read from the data directory of the installed RDKit.
 
 Your own CSV is a spec too: :func:`csv_spec` names its SMILES and target
@@ -79,6 +86,13 @@ class DatasetSpec:
     builtin: read from RDKit's installed data directory, never downloaded.
     path: a user's CSV (:func:`csv_spec`), read from this path: never
       searched for, downloaded or checked against a checksum.
+    collection: the folder of the data directory it is kept in
+      (``"moleculenet"`` or ``"moleculeace"``).
+    split_column: a column naming each row's part, ``train`` or ``test``:
+      a benchmark's fixed test part (the ``"fixed"`` split method); None
+      when the dataset has none.
+    subset_columns: 0/1 columns marking subsets of molecules on which the
+      test metric is reported too (MoleculeACE's ``cliff_mol``).
   """
 
   name: str
@@ -95,6 +109,9 @@ class DatasetSpec:
   skiprows: int = 0
   builtin: bool = False
   path: str | None = None
+  collection: str = "moleculenet"
+  split_column: str | None = None
+  subset_columns: tuple[str, ...] = ()
 
   @property
   def num_tasks(self) -> int:
@@ -237,11 +254,129 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
   )
 }
-"""The registry: 8 MoleculeNet datasets and the offline ``nci5k-tpsa``.
+
+# MoleculeACE (van Tilborg, Alenicheva and Grisoni, J. Chem. Inf. Model. 2022,
+# 62, 5938-5951; MIT licence): the files of the MoleculeACE 3.0.0 wheel, by
+# set name with their SHA-256.
+MOLECULEACE_SETS: dict[str, str] = {
+  "CHEMBL1862_Ki": (
+    "72a750426976bf5c17ca9129e86dff20962332f92a8ce16028d9fbcf152ca412"
+  ),
+  "CHEMBL1871_Ki": (
+    "62d05aa76d096fd5bd3575dcfd30dcab24873dc010de47b478b6617fbd95985e"
+  ),
+  "CHEMBL2034_Ki": (
+    "476668f39aae0e29a1ab8fa83a7087b179dc705b68cdc060c9958a0eed2048d4"
+  ),
+  "CHEMBL2047_EC50": (
+    "ea1bacf43377aac288840f2d2e37df7705a0d2d1f93bb52b0ce85e499e311f6e"
+  ),
+  "CHEMBL204_Ki": (
+    "6ccf17a5f1aa6322f2d68f24b923f2efb5779ff73d33035bb889bb922b18dba5"
+  ),
+  "CHEMBL2147_Ki": (
+    "5cbf4deba3e6312aff3a77ac3c70eb39a3cd58c9d8686a19a8b56c4a73377d02"
+  ),
+  "CHEMBL214_Ki": (
+    "68bffa3069340c51204ba23395626622559a10c3d39b1111cb9c47f9d9960962"
+  ),
+  "CHEMBL218_EC50": (
+    "9133aefc69efa92403107f78f747d4acbd370255ac0a2949cc5f86a30b5ebd11"
+  ),
+  "CHEMBL219_Ki": (
+    "f0d13b1bd8086e3fed746215b0ff8c4399518547bbba2146a0f235f1a9a59fa8"
+  ),
+  "CHEMBL228_Ki": (
+    "17158facfdc5788e22e020e398acd3bbf99edc9d66f7b323da778cd551d9796f"
+  ),
+  "CHEMBL231_Ki": (
+    "9e1c0a22c37e446d37d63e7b39d92cb022774333b4fa430e9f948b748215afb0"
+  ),
+  "CHEMBL233_Ki": (
+    "4d8aff053b3d1c12e8cc13102958bb4f3dce4ac7715452265231e5b68d1c9362"
+  ),
+  "CHEMBL234_Ki": (
+    "7a86fc3552953bb1ea727f4119b844ff3eadb33d7a79413b1f417cf236f5615a"
+  ),
+  "CHEMBL235_EC50": (
+    "a99b1d18870cc4d83da5fbedfee4504f8c46bb96e71ea7964b84ae7682d4963f"
+  ),
+  "CHEMBL236_Ki": (
+    "28227a570694a24325a3206bee2a1623e14949d54abe13e490402fb2f5a8c74e"
+  ),
+  "CHEMBL237_EC50": (
+    "37dce21b9ef158ac7d3075997e58896bb0083162c9c820d1996d898dfb0701f5"
+  ),
+  "CHEMBL237_Ki": (
+    "8bc5f0f4e512923d7878390f9c6336682dfd638e90d8110f44bfd3af77d605c3"
+  ),
+  "CHEMBL238_Ki": (
+    "5ca1bb99ea9123dc0369f19c1269fec3f9fc3eae3bf9a2b781419b268913761a"
+  ),
+  "CHEMBL239_EC50": (
+    "1985b2137bd64396ec980e8c6e1f234f6f9aa989c49a20aef71dd22bda68ed9c"
+  ),
+  "CHEMBL244_Ki": (
+    "aafc2e81810767397c8b5b3161b9eed3b33b6e9a827ed176336f388bef274a36"
+  ),
+  "CHEMBL262_Ki": (
+    "c438e8e18bc444890246607be107d9afb8c64012608a8a73838acad3eacfce21"
+  ),
+  "CHEMBL264_Ki": (
+    "6b380b5cf61b6985179779a9b9d0d1d3b197773fc3df5079d8932108f75e2bbf"
+  ),
+  "CHEMBL2835_Ki": (
+    "a6ff0b8c3df2c452a9210af5c3d57495846ed16978c339b463c7a4b90c73c66c"
+  ),
+  "CHEMBL287_Ki": (
+    "7f448c29138242dd64ec2a07742e33a1e186129ca4e794e287b67e5ffaea171e"
+  ),
+  "CHEMBL2971_Ki": (
+    "2fe0c20bab93c58f824fdb7f35b1c327e987b76e8403ededb0075cb7649651d3"
+  ),
+  "CHEMBL3979_EC50": (
+    "7e455ec476c0683414404b527d0bb98bf76671f7bd3748507aad505c21a6b44b"
+  ),
+  "CHEMBL4005_Ki": (
+    "183b163b6820d2c0db3190500e3a58cdda1f72d148f36605d7c2e2071d69c03e"
+  ),
+  "CHEMBL4203_Ki": (
+    "28d7139fdba99657584430ef793bf2850aaf806651930fc062d50f3f847f032d"
+  ),
+  "CHEMBL4616_EC50": (
+    "7b79538464cf4a811a9bd593d867d985b3f19d65302f241a7fba409b16230b0a"
+  ),
+  "CHEMBL4792_Ki": (
+    "088219b5b08fa90962f00e80d7ed66fe7a71e223b18b874fb000d0babc343659"
+  ),
+}
+MOLECULEACE_PREFIX = "moleculeace/"
+for _set, _sha in MOLECULEACE_SETS.items():
+  DATASETS[MOLECULEACE_PREFIX + _set] = DatasetSpec(
+    name=MOLECULEACE_PREFIX + _set,
+    filename=f"{_set}.csv",
+    url=None,
+    sha256=_sha,
+    smiles_column="smiles",
+    target_columns=("y",),
+    task_type="regression",
+    metric="rmse",
+    leaky_columns=("exp_mean [nM]",),
+    collection="moleculeace",
+    split_column="split",
+    subset_columns=("cliff_mol",),
+  )
+"""The registry: 8 MoleculeNet datasets, the offline ``nci5k-tpsa`` and the
+30 MoleculeACE sets (``moleculeace/<set>``, looked up case-insensitively).
 
 ``nci5k-tpsa`` is RDKit's ``Data/NCI/first_5k.tpsa.csv``: 4,999 NCI molecules
 (the same as ``first_5K.smi``) with their topological polar surface area
 computed by Daylight tools, a regression target for demos and tests.
+
+A MoleculeACE set's label ``y`` is ``-log10`` of the measured Ki or EC50 in
+nM (``exp_mean [nM]``, which is never used); its column ``split`` fixes the
+test part and ``cliff_mol`` marks the molecules that form an activity cliff
+(the test RMSE over them is the benchmark's "cliff RMSE").
 """
 
 
@@ -249,12 +384,21 @@ def get_spec(name: str | DatasetSpec) -> DatasetSpec:
   """The DatasetSpec of a registered name (a spec is returned unchanged)."""
   if isinstance(name, DatasetSpec):
     return name
+  by_lower_name = {key.lower(): spec for key, spec in DATASETS.items()}
   try:
-    return DATASETS[name.lower()]
+    return by_lower_name[name.lower()]
   except KeyError:
     raise ValueError(
-      f"unknown dataset {name!r}; known: {', '.join(DATASETS)}"
+      f"unknown dataset {name!r}; known: {', '.join(dataset_names())}"
     ) from None
+
+
+def dataset_names() -> list[str]:
+  """The registry's names, the MoleculeACE sets as one
+  ``moleculeace/<set>`` entry (their names are in :data:`MOLECULEACE_SETS`).
+  """
+  names = [n for n in DATASETS if not n.startswith(MOLECULEACE_PREFIX)]
+  return [*names, MOLECULEACE_PREFIX + "<set>"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -293,10 +437,20 @@ def _rdkit_data_dir() -> Path:
 
 def _how_to_supply(spec: DatasetSpec) -> str:
   return (
-    f"Put {spec.filename} (SHA-256 {spec.sha256}) in a directory and pass "
-    f"data_dir=<that directory> or set {DATA_DIR_ENV}; "
+    f"Put {spec.filename} (SHA-256 {spec.sha256}) in a directory (or its "
+    f"{spec.collection}/ folder) and pass data_dir=<that directory> or set "
+    f"{DATA_DIR_ENV}; "
     + (f"it can be downloaded from {spec.url}" if spec.url else "")
   )
+
+
+def _places(directory: Path, spec: DatasetSpec) -> list[Path]:
+  """Where a data directory may hold the file (see the module docstring)."""
+  return [
+    directory / spec.filename,
+    directory / spec.collection / spec.filename,
+    directory.parent / spec.collection / spec.filename,
+  ]
 
 
 def _check(spec: DatasetSpec, path: Path, verify: bool) -> Path:
@@ -331,7 +485,7 @@ def resolve_csv(
     dataset: registry name or a DatasetSpec.
     data_dir: directory tried first.
     cache_dir: cache root (default ``default_cache_dir()``); downloads go to
-      ``cache_dir/moleculenet/``.
+      ``cache_dir/<collection>/``.
     download: allow downloading when no local copy exists.
     verify: check the SHA-256 of files found locally.
     timeout: seconds for the download connection.
@@ -364,19 +518,21 @@ def resolve_csv(
     candidates.append(("data_dir argument", Path(data_dir)))
   if os.environ.get(DATA_DIR_ENV):
     candidates.append((f"${DATA_DIR_ENV}", Path(os.environ[DATA_DIR_ENV])))
-  candidates.append(("cache", cache_root / "moleculenet"))
-
   tried = []
   for label, directory in candidates:
-    path = directory / spec.filename
-    if path.is_file():
-      return _check(spec, path, verify)
-    tried.append(f"{path} ({label}): not found")
+    for path in _places(directory, spec):
+      if path.is_file():
+        return _check(spec, path, verify)
+    tried.append(f"{directory} ({label}): no {spec.filename}")
+  cached = cache_root / spec.collection / spec.filename
+  if cached.is_file():
+    return _check(spec, cached, verify)
+  tried.append(f"{cached} (cache): not found")
 
   if not download or spec.url is None:
     tried.append("download: disabled" if spec.url else "download: no URL")
     raise DatasetNotFoundError(_not_found(spec, tried))
-  target = cache_root / "moleculenet" / spec.filename
+  target = cache_root / spec.collection / spec.filename
   try:
     _download(spec, target, timeout)
   except (urllib.error.URLError, OSError) as e:
@@ -504,7 +660,8 @@ def read_table(dataset: str | DatasetSpec, path: str | os.PathLike):
 
   Columns: ``smiles`` (stripped), the target columns (blank, ``nan``,
   ``NaN`` and ``NA`` cells become NaN; ``inf`` stays, for the loader to
-  report) and ``line``, the row's line in the file (see :func:`read_rows`).
+  report), the spec's ``split_column`` and ``subset_columns`` as text, and
+  ``line``, the row's line in the file (see :func:`read_rows`).
   Blank lines are skipped; the index counts the other data rows from 0, as
   ``pandas.read_csv`` does. Every other column, leaky or not, is dropped.
 
@@ -523,8 +680,9 @@ def read_table(dataset: str | DatasetSpec, path: str | os.PathLike):
     names=spec.column_names,
     skiprows=spec.skiprows,
   )
+  annotations = _annotation_columns(spec)
   for column, role in [(spec.smiles_column, "smiles")] + [
-    (c, "target") for c in spec.target_columns
+    (c, "target") for c in (*spec.target_columns, *annotations)
   ]:
     if column not in raw:
       raise MissingColumnError(
@@ -550,8 +708,16 @@ def read_table(dataset: str | DatasetSpec, path: str | os.PathLike):
         + "; leave a cell empty for a missing label"
       )
     out[c] = values.astype(np.float32)
+  for c in annotations:
+    out[c] = raw[c]
   out["line"] = raw.index
   return out.reset_index(drop=True)
+
+
+def _annotation_columns(spec: DatasetSpec) -> tuple[str, ...]:
+  """The columns kept beside SMILES and targets: split and subset flags."""
+  split = (spec.split_column,) if spec.split_column else ()
+  return split + spec.subset_columns
 
 
 def infer_task_type(labels: np.ndarray) -> str:
@@ -689,6 +855,8 @@ class MoleculeDataset:
     sha256: its SHA-256.
     graphs: the featurized molecules (None when loaded with
       ``featurize=False``).
+    annotations: the spec's ``split_column`` and ``subset_columns``, each
+      str[M] of the kept molecules' cells.
   """
 
   spec: DatasetSpec
@@ -701,6 +869,7 @@ class MoleculeDataset:
   path: Path
   sha256: str
   graphs: featurization.MolecularGraphs | None
+  annotations: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.smiles)
@@ -856,6 +1025,9 @@ def load_dataset(
     path=Path(path),
     sha256=sha,
     graphs=graphs,
+    annotations={
+      c: table[c].to_numpy(str)[kept] for c in _annotation_columns(spec)
+    },
   )
   duplicates = out.duplicates()
   if duplicates:

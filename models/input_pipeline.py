@@ -584,7 +584,14 @@ def prepare_data(
   if not isinstance(dataset, datasets.MoleculeDataset):
     dataset = datasets.load_dataset(dataset, **load_kwargs)
   if split_file is None:
-    part = splits.split_dataset(dataset.smiles, split, sizes, seed)
+    column = dataset.spec.split_column
+    part = splits.split_dataset(
+      dataset.smiles,
+      split,
+      sizes,
+      seed,
+      parts=dataset.annotations[column] if column else None,
+    )
   else:
     part, skipped, unused = splits.read_split_file(
       split_file, dataset.row_index, dataset.num_rows

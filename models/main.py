@@ -5,6 +5,7 @@ Examples::
   graphsam-train --dataset bbbp --optimizer graphsam --seed 0
   graphsam-train --dataset esol --optimizer sam --rho 0.1 --epochs 50
   graphsam-train --dataset nci5k-tpsa --config test   # offline, seconds
+  graphsam-train --dataset moleculeace/CHEMBL2835_Ki   # fixed split, cliffs
   graphsam-train --data my.csv --smiles-column smiles --target-columns a b \\
     --seeds 0 1 2 --out runs/mine          # an ensemble for graphsam-predict
 
@@ -79,7 +80,13 @@ def make_parser() -> argparse.ArgumentParser:
     ),
   )
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--dataset", choices=list(datasets.DATASETS))
+  source.add_argument(
+    "--dataset",
+    type=cli.dataset_name,
+    metavar="NAME",
+    help=f"one of {', '.join(datasets.dataset_names())} (a MoleculeACE "
+    "activity-cliff set, e.g. moleculeace/CHEMBL2835_Ki)",
+  )
   source.add_argument("--data", type=Path, help="your own CSV (a header row)")
   own = parser.add_argument_group("your own data (--data)")
   own.add_argument("--smiles-column", default="smiles", help="%(default)s")

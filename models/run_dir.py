@@ -30,6 +30,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ METRICS = "metrics.json"
 MODEL = "model.json"
 PARAMS = "params.msgpack"
 SUMMARY = "summary.json"
+PREDICTIONS = "test_predictions.csv"
 # Config fields that only say when to stop: a run may be resumed with others.
 _STOPPING = ("epochs", "patience")
 
@@ -340,6 +342,41 @@ def save_model(workdir: Path, data, params, best_epoch: int) -> None:
     f.write(weights)
   os.replace(tmp, workdir / PARAMS)
   write_text(workdir / MODEL, json.dumps(meta, indent=1))
+
+
+def save_predictions(
+  workdir: Path,
+  *,
+  smiles: Sequence[str],
+  rows: np.ndarray,
+  targets: Sequence[str],
+  labels: np.ndarray,
+  predictions: np.ndarray,
+  flags: dict[str, np.ndarray],
+) -> None:
+  """Writes ``test_predictions.csv``: one row per test molecule.
+
+  Columns: ``smiles``, ``row`` (the CSV data row), then per target its label
+  (empty where missing) and prediction, named ``label`` and ``prediction``
+  for one target, ``label:<target>`` and ``prediction:<target>`` for
+  several, then the subset flags by their dataset column names.
+  """
+  names = (
+    [("label", "prediction")]
+    if len(targets) == 1
+    else [(f"label:{t}", f"prediction:{t}") for t in targets]
+  )
+  records = []
+  for i, molecule in enumerate(smiles):
+    record = {"smiles": molecule, "row": int(rows[i])}
+    for t, (label, prediction) in enumerate(names):
+      value = float(labels[i, t])
+      record[label] = "" if math.isnan(value) else repr(value)
+      record[prediction] = repr(float(predictions[i, t]))
+    record.update({c: str(flag[i]) for c, flag in flags.items()})
+    records.append(record)
+  fields = ["smiles", "row", *(n for pair in names for n in pair), *flags]
+  write_csv(workdir / PREDICTIONS, records, fields)
 
 
 def config_from_record(record: dict) -> default.Config:

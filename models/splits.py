@@ -9,6 +9,8 @@
   order (chemprop's ``scaffold_balanced``, also the GraphSAM/CoMPT code's
   ``scaffold_split(balanced=True)``; its shuffles use ``random.Random(seed)``
   exactly as both do, so a seed gives their split of the same molecule list).
+* ``fixed_split``: a benchmark's own test part (MoleculeACE's ``split``
+  column); validation is drawn from the rest at random with the seed.
 
 Sizes follow the GraphSAM code: ``floor(f_valid * n)`` validation and
 ``floor(f_test * n)`` test molecules, the rest for training. Sets are filled
@@ -45,7 +47,8 @@ class Split(NamedTuple):
   test: np.ndarray
 
 
-SPLIT_METHODS = ("random", "scaffold", "scaffold_balanced")
+SPLIT_METHODS = ("random", "scaffold", "scaffold_balanced", "fixed")
+FIXED_PARTS = ("train", "test")
 
 
 def split_sizes(
@@ -125,6 +128,63 @@ def duplicate_groups(smiles: Sequence[str]) -> np.ndarray:
   return np.unique(np.asarray(smiles, dtype=object), return_inverse=True)[1]
 
 
+def fixed_split(
+  smiles: Sequence[str],
+  parts: Sequence[str],
+  sizes: Sequence[float] = (0.9, 0.1, 0.0),
+  seed: int = 0,
+) -> Split:
+  """A benchmark's fixed test part, and validation carved from its train part.
+
+  The molecules marked ``"test"`` are the test part, untouched by the seed;
+  those marked ``"train"`` are split at random (:func:`random_split`, with
+  identical SMILES kept together) into training and validation in the
+  proportion ``sizes[0] : sizes[1]`` (``sizes[2]`` is the benchmark's and
+  is not used): the default keeps 10 % of the training part for early
+  stopping.
+
+  Args:
+    smiles: the molecules.
+    parts: ``"train"`` or ``"test"`` per molecule.
+    sizes: train and validation fractions of the train part (and a third
+      value, ignored, so that a config's ``split_sizes`` fits).
+    seed: seed of the train/validation draw.
+
+  Raises:
+    ValueError: a part other than ``"train"`` or ``"test"``, no molecule in
+      one of them, or no validation share.
+
+  Examples:
+    >>> split = fixed_split(list("ABCDEFGHIJKL"), ["train"] * 10 + ["test"] * 2)
+    >>> [len(part) for part in split], split.test.tolist()
+    ([9, 1, 2], [10, 11])
+  """
+  parts = np.asarray(parts, dtype=str)
+  unknown = sorted(set(parts.tolist()) - set(FIXED_PARTS))
+  if unknown:
+    raise ValueError(
+      f"a fixed split marks each molecule train or test; found {unknown}"
+    )
+  train, test = (np.flatnonzero(parts == p) for p in FIXED_PARTS)
+  if not len(train) or not len(test):
+    raise ValueError(
+      f"a fixed split needs train and test molecules; got {len(train)} train "
+      f"and {len(test)} test"
+    )
+  if len(sizes) != 3 or not sizes[1] > 0 or sizes[0] < 0:
+    raise ValueError(
+      f"sizes must give a positive validation share, got {tuple(sizes)}"
+    )
+  share = sizes[1] / (sizes[0] + sizes[1])
+  inner = random_split(
+    len(train),
+    (1 - share, share, 0.0),
+    seed,
+    duplicate_groups([smiles[i] for i in train]),
+  )
+  return _as_split((train[inner.train], train[inner.valid], test))
+
+
 def murcko_scaffold(smiles: str, include_chirality: bool = False) -> str:
   """Bemis-Murcko scaffold SMILES ("" for acyclic molecules)."""
   from rdkit import rdBase
@@ -200,11 +260,20 @@ def split_dataset(
   method: str = "random",
   sizes: Sequence[float] = (0.8, 0.1, 0.1),
   seed: int = 0,
+  parts: Sequence[str] | None = None,
 ) -> Split:
   """Dispatches on ``method``, one of SPLIT_METHODS.
 
   Identical SMILES strings stay together (see the module docstring).
+  ``"fixed"`` needs ``parts``, the dataset's train/test mark per molecule.
   """
+  if method == "fixed":
+    if parts is None:
+      raise ValueError(
+        "split 'fixed' keeps a dataset's own test part, and this dataset "
+        "marks none (a MoleculeACE set does); choose another split"
+      )
+    return fixed_split(smiles, parts, sizes, seed)
   if method == "random":
     return random_split(len(smiles), sizes, seed, duplicate_groups(smiles))
   if method == "scaffold":

@@ -467,13 +467,35 @@ def evaluate(
   ``blocks_of`` gives each batch's static attention layout
   (``PreparedData.blocks_of``).
   """
+  outputs = predict_batches(predict, params, batches, blocks_of)
+  return metrics_of(*outputs, task_type, scaler)
+
+
+def predict_batches(
+  predict,
+  params,
+  batches: Iterable[input_pipeline.GraphBatch],
+  blocks_of: Callable[[input_pipeline.GraphBatch], tuple[int, int]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Logits, labels and label masks of the batches' molecules, in order
+  (labels standardized as the batches hold them)."""
   logits, labels, masks = [], [], []
   for batch in batches:
     out = predict(params, batch.graphs, blocks_of(batch))
     logits.append(np.asarray(out)[batch.graph_mask])
     labels.append(batch.labels[batch.graph_mask])
     masks.append(batch.label_mask[batch.graph_mask])
-  logits, labels, masks = map(np.concatenate, (logits, labels, masks))
+  return tuple(map(np.concatenate, (logits, labels, masks)))
+
+
+def metrics_of(
+  logits: np.ndarray,
+  labels: np.ndarray,
+  masks: np.ndarray,
+  task_type: str,
+  scaler: input_pipeline.TargetScaler | None,
+) -> dict[str, float]:
+  """Loss and the task's metric of :func:`predict_batches`' outputs."""
   loss = _numpy_loss(logits.astype(np.float64), labels, masks, task_type)
   if task_type == "classification":
     return {"loss": loss, "roc_auc": roc_auc(labels, masks, logits)}
@@ -950,6 +972,58 @@ def train_epoch(
   return params, opt_state, totals, graphs, seconds
 
 
+def test_predictions(
+  workdir: Path,
+  data: input_pipeline.PreparedData,
+  logits: np.ndarray,
+  labels: np.ndarray,
+  masks: np.ndarray,
+) -> dict[str, dict[str, float]]:
+  """Writes the test part's predictions; the metric on each subset.
+
+  ``test_predictions.csv`` (``run_dir.save_predictions``) holds every test
+  molecule's SMILES, labels and predictions in original units (regression)
+  or probabilities (classification), and the dataset's subset flags, so
+  that every test number can be recomputed from it and the data alone.
+
+  Returns:
+    ``{column: {metric: value, "molecules": count}}`` for each of the
+    dataset's ``subset_columns`` (MoleculeACE's ``cliff_mol``): the test
+    metric over the molecules flagged 1.
+  """
+  spec = data.dataset.spec
+  rows = data.split.test
+  if data.scaler is not None:
+    labels = data.scaler.inverse_transform(labels)
+    logits = data.scaler.inverse_transform(logits)
+  predictions = (
+    1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    if spec.task_type == "classification"
+    else logits
+  )
+  flags = {c: data.dataset.annotations[c][rows] for c in spec.subset_columns}
+  run_dir.save_predictions(
+    workdir,
+    smiles=[data.dataset.smiles[i] for i in rows],
+    rows=data.dataset.row_index[rows],
+    targets=spec.target_columns,
+    labels=np.where(masks, labels, np.nan),
+    predictions=predictions,
+    flags=flags,
+  )
+  score = METRICS[spec.metric][0]
+  out = {}
+  for column, flag in flags.items():
+    chosen = flag == "1"
+    out[column] = {
+      spec.metric: score(labels[chosen], masks[chosen], logits[chosen])
+      if chosen.any()
+      else math.nan,
+      "molecules": int(chosen.sum()),
+    }
+  return out
+
+
 def train_and_evaluate(
   config: default.Config,
   workdir: str | Path,
@@ -964,7 +1038,8 @@ def train_and_evaluate(
   """Trains, early-stops on validation, and tests the best checkpoint once.
 
   ``workdir`` receives ``config.json``, ``metrics.json``/``metrics.csv`` (one
-  row per epoch), ``checkpoints/`` and ``summary.json``. A run restarted on a
+  row per epoch), ``checkpoints/``, ``test_predictions.csv``
+  (:func:`test_predictions`) and ``summary.json``. A run restarted on a
   ``workdir`` that holds checkpoints of the same config resumes after the
   last finished epoch.
 
@@ -1113,7 +1188,14 @@ def train_and_evaluate(
   finally:
     checkpoints.close()
 
-  test = evaluate_part(state["best_params"], "test")
+  outputs = predict_batches(
+    lambda p, graphs, blocks: predict.get(p, graphs, blocks=blocks)(p, graphs),
+    state["best_params"],
+    data.eval_batches("test"),
+    data.blocks_of,
+  )
+  test = metrics_of(*outputs, spec.task_type, data.scaler)
+  subsets = test_predictions(workdir, data, *outputs)
   rates = [row["graphs_per_s"] for row in history]
   summary = {
     "dataset": spec.name,
@@ -1137,6 +1219,7 @@ def train_and_evaluate(
     "num_params": num_params,
     "seed": config.seed,
     "workdir": str(workdir),
+    **({"test_subsets": subsets} if subsets else {}),
   }
   run_dir.save_model(
     workdir, data, state["best_params"], int(state["best_epoch"])

@@ -1,0 +1,102 @@
+"""The MoleculeACE report: cells, averages over sets, paired tests."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from benchmarks import moleculeace
+from benchmarks import moleculeace_report as report
+
+
+def record(dataset, optimizer, seed, rmse, cliff):
+  return {
+    "dataset": f"moleculeace/{dataset}",
+    "optimizer": optimizer,
+    "hyperparameters": {},
+    "seed": seed,
+    "test": rmse,
+    "subsets": {"cliff_mol": {"rmse": cliff, "molecules": 10}},
+    "wall_seconds": 60.0,
+    "gradient_passes": 100.0,
+    "epochs": 5,
+    "run": "/nonexistent",
+  }
+
+
+RNG = np.random.default_rng(0)
+SETS = [f"CHEMBL{i}_Ki" for i in range(6)]
+ADAM = RNG.uniform(0.6, 1.0, len(SETS))
+GRAPHSAM = ADAM + RNG.normal(0.02, 0.03, len(SETS))
+RUNS = [
+  record(d, o, s, v + 0.01 * s, v + 0.2 + 0.01 * s)
+  for o, values in (("adam", ADAM), ("graphsam", GRAPHSAM))
+  for d, v in zip(SETS, values, strict=True)
+  for s in (0, 1)
+]
+
+
+def test_cells_average_seeds_and_sets():
+  cells = report.summarize_cells(RUNS)
+  adam = [c for c in cells if c["cell"] == "adam"]
+  assert [c["seeds"] for c in adam] == [[0, 1]] * len(SETS)
+  assert adam[0]["rmse"] == pytest.approx(ADAM[0] + 0.005)
+  assert adam[0]["cliff_rmse"] == pytest.approx(ADAM[0] + 0.205)
+  averages = {a["cell"]: a for a in report.averages(cells)}
+  assert averages["graphsam"]["rmse"] == pytest.approx(GRAPHSAM.mean() + 0.005)
+  assert averages["adam"]["sets"] == len(SETS)
+
+
+def test_paired_differences_match_scipy():
+  pairs = report.paired(report.summarize_cells(RUNS))
+  row = next(
+    p for p in pairs if p["first"] == "graphsam" and p["metric"] == "rmse"
+  )
+  diffs = GRAPHSAM - ADAM
+  assert row["sets"] == len(SETS)
+  assert row["mean"] == pytest.approx(diffs.mean())
+  assert row["t_p"] == pytest.approx(stats.ttest_1samp(diffs, 0).pvalue)
+  assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(diffs).pvalue)
+  assert row["first_better"] == int((diffs < 0).sum())
+  # SAM has no runs: its pairs are empty, not made up.
+  assert all(
+    p["sets"] == 0 for p in pairs if "sam" in (p["first"], p["second"])
+  )
+
+
+def test_markdown_shows_both_metrics_per_set():
+  built = report.build(
+    RUNS,
+    RUNS,
+    [],
+    stem="moleculeace",
+    schedule_text="models.configs.default: random 80/10/10 split per seed, x",
+    command="python -m benchmarks.moleculeace",
+    machine={
+      "cpu": "cpu",
+      "cpu_count": 2,
+      "usable_cpus": 2,
+      "load_average": (0.0, 0.0, 0.0),
+      "jax": "j",
+      "optax": "o",
+      "flax": "f",
+      "device": "cpu:0",
+      "platform": "p",
+    },
+    written="today",
+  )
+  text = report.markdown(built)
+  cell = report.summarize_cells(RUNS)[0]
+  assert (
+    f"| CHEMBL0_Ki | {cell['rmse']:.3f} / {cell['cliff_rmse']:.3f} (n=2)"
+    in text
+  )
+  assert "random 80/10/10" not in text
+  assert "Runs finished: 24 of 24 asked" in text
+  assert math.isnan(report._cliff({"subsets": {}}))
+
+
+def test_the_script_asks_every_set_by_default():
+  assert len(moleculeace.SETS) == 30
+  assert moleculeace.SETS[0] == "moleculeace/CHEMBL1862_Ki"
