@@ -15,6 +15,7 @@ sweep) their own table and plot.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,7 +62,18 @@ PAPER = {
 PAPER_MARKERS = {"CoMPT": "rx", "GROVER": "C7+"}
 # Paired comparisons (first minus second) on the same split and
 # initialization per seed.
-PAIRS = (("graphsam", "sam"), ("graphsam", "adam"), ("sam", "adam"))
+PAIRS = (
+  ("graphsam", "sam"),
+  ("graphsam", "adam"),
+  ("sam", "adam"),
+  # The controls (issue 23): one rho schedule for both, so the pair differs
+  # only in how the perturbation is obtained; and each against Adam.
+  ("graphsam-gamma1", "sam"),
+  ("sam-gamma0.5", "graphsam"),
+  ("graphsam-gamma1", "adam"),
+  ("sam-gamma0.5", "adam"),
+  ("graphsam-gamma1", "graphsam"),
+)
 # Two-sided level at which a paired difference is called significant.
 ALPHA = 0.05
 # The hyperparameter of the sweep plot.
@@ -82,6 +94,16 @@ def cell_name(optimizer: str, overrides: dict) -> str:
   return "-".join(
     [optimizer, *(f"{k}{v:g}" for k, v in sorted(overrides.items()))]
   )
+
+
+def pair_label(name: str) -> str:
+  """A :data:`PAIRS` member in words: ``"GraphSAM (gamma 1)"``."""
+  optimizer, *overrides = name.split("-")
+  label = OPTIMIZER_LABELS.get(optimizer, optimizer)
+  if overrides:
+    words = [re.sub(r"^([a-z_]+)", r"\1 ", o) for o in overrides]
+    label += f" ({', '.join(words)})"
+  return label
 
 
 def cell_label(optimizer: str, overrides: dict) -> str:
@@ -197,18 +219,21 @@ def summarize_cells(runs: Sequence[dict], asked: Sequence[dict]) -> list:
 def paired_differences(runs: Sequence[dict]) -> list[dict]:
   """:data:`PAIRS` per dataset, over the seeds both cells ran.
 
-  Only cells at the registry defaults are paired. Each entry holds the
-  seeds, the differences (first minus second, in metric units), their mean
-  and sample std, how many seeds favour the first (by the metric's
-  direction), and ``scipy.stats.ttest_rel`` and ``wilcoxon`` statistics and
-  two-sided p-values (None below two seeds).
+  Cells are named as :func:`cell_name` names them (``graphsam-gamma1``).
+  Each entry holds the seeds, the differences (first minus second, in
+  metric units), their mean and sample std, how many seeds favour the first
+  (by the metric's direction), and ``scipy.stats.ttest_rel`` and
+  ``wilcoxon`` statistics and two-sided p-values (None below two seeds).
   """
   from scipy import stats
 
   tests = {
-    (r["dataset"], r["optimizer"], r["seed"]): r["test"]
+    (
+      r["dataset"],
+      cell_name(r["optimizer"], r["hyperparameters"]),
+      r["seed"],
+    ): r["test"]
     for r in runs
-    if not r["hyperparameters"]
   }
   datasets = sorted({d for d, _, _ in tests}, key=lambda d: _order((d, "", ())))
   rows = []
@@ -296,8 +321,8 @@ def pooled_signs(paired: Sequence[dict]) -> list[dict]:
 
 def _pooled_line(row: dict) -> str:
   return (
-    f"{OPTIMIZER_LABELS[row['first']]} better than "
-    f"{OPTIMIZER_LABELS[row['second']]} on {row['first_better']} of "
+    f"{pair_label(row['first'])} better than "
+    f"{pair_label(row['second'])} on {row['first_better']} of "
     f"{row['untied']} seeds (sign test p = {_number(row['p'], '.3f')})"
   )
 
@@ -309,7 +334,7 @@ def verdict(row: dict) -> str:
   if row["t_p"] >= ALPHA:
     return "no significant difference"
   sign = 1.0 if METRIC_LABELS[row["metric"]][1] == "max" else -1.0
-  label = OPTIMIZER_LABELS[row["first"]]
+  label = pair_label(row["first"])
   if sign * row["mean"] > 0:
     return f"{label} significantly better"
   return f"{label} significantly worse"
@@ -442,7 +467,7 @@ def paired_table(rows: Sequence[dict]) -> str:
     (
       (
         r["dataset"],
-        f"{OPTIMIZER_LABELS[r['first']]} − {OPTIMIZER_LABELS[r['second']]}",
+        f"{pair_label(r['first'])} − {pair_label(r['second'])}",
         ", ".join(map(str, r["seeds"])),
         _mean_std(r["mean"], r["std"], 4),
         f"{r['first_better']} of {len(r['seeds'])}",
@@ -467,7 +492,7 @@ def pooled_table(rows: Sequence[dict]) -> str:
     ],
     (
       (
-        f"{OPTIMIZER_LABELS[r['first']]} − {OPTIMIZER_LABELS[r['second']]}",
+        f"{pair_label(r['first'])} − {pair_label(r['second'])}",
         ", ".join(r["datasets"]),
         f"{r['untied']} of {r['seeds']}",
         str(r["first_better"]),
@@ -515,20 +540,20 @@ def reading(
       continue
     label, direction = METRIC_LABELS[metric_of(dataset)]
     parts = [
-      f"{OPTIMIZER_LABELS[r['first']]} − {OPTIMIZER_LABELS[r['second']]} "
+      f"{pair_label(r['first'])} − {pair_label(r['second'])} "
       f"{r['mean']:+.4f} (first better on {r['first_better']} of "
       f"{len(r['seeds'])} seeds, paired t p = {_number(r['t_p'], '.3f')}): "
       f"{verdict(r)}"
       for r in rows
     ]
     beats_adam = [
-      OPTIMIZER_LABELS[r["first"]]
+      pair_label(r["first"])
       for r in rows
       if r["second"] == "adam" and verdict(r).endswith("significantly better")
     ]
     against_adam = [r for r in rows if r["second"] == "adam"]
     if against_adam and not beats_adam:
-      names = [OPTIMIZER_LABELS[r["first"]] for r in against_adam]
+      names = [pair_label(r["first"]) for r in against_adam]
       parts.append(
         f"{names[0]} does not beat Adam significantly"
         if len(names) == 1

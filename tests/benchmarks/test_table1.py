@@ -569,3 +569,39 @@ def test_two_real_runs_train_in_this_process_and_are_not_rerun(
   _, printed = main(capsys, *argv)
   assert pids == []
   assert "2 of this command's 2 runs done or diverged, 0 to train" in printed
+
+
+def test_the_controls_are_paired_with_sam_graphsam_and_adam():
+  # GraphSAM with rho kept against SAM (one rho for both), SAM on GraphSAM's
+  # decaying rho against GraphSAM, each against Adam, on the same seeds.
+  def run(optimizer, hyperparameters, seed, test):
+    return {
+      "dataset": "esol",
+      "optimizer": optimizer,
+      "hyperparameters": hyperparameters,
+      "seed": seed,
+      "test": test,
+    }
+
+  runs = [
+    run(o, hp, s, base + 0.01 * s)
+    for o, hp, base in (
+      ("adam", {}, 0.50),
+      ("sam", {}, 0.60),
+      ("graphsam", {}, 0.55),
+      ("graphsam", {"gamma": 1.0}, 0.57),
+      ("sam", {"gamma": 0.5}, 0.52),
+    )
+    for s in (0, 1, 2)
+  ]
+  rows = {
+    (r["first"], r["second"]): r
+    for r in table1.report_lib.paired_differences(runs)
+  }
+  assert rows[("graphsam-gamma1", "sam")]["mean"] == pytest.approx(-0.03)
+  assert rows[("graphsam-gamma1", "sam")]["first_better"] == 3  # RMSE
+  assert rows[("sam-gamma0.5", "graphsam")]["mean"] == pytest.approx(-0.03)
+  assert rows[("sam-gamma0.5", "adam")]["mean"] == pytest.approx(0.02)
+  assert rows[("graphsam-gamma1", "graphsam")]["seeds"] == [0, 1, 2]
+  text = table1.report_lib.paired_table(list(rows.values()))
+  assert "| esol | GraphSAM (gamma 1) − SAM | 0, 1, 2 |" in text
