@@ -1,7 +1,7 @@
 """Sphinx configuration: the user guide, the benchmark reports, the API.
 
-Build from the repository root (about a minute on two CPU cores; nothing is
-executed but the imports that autodoc needs)::
+Build from the repository root (10-20 s on two CPU cores; nothing is executed
+but the imports that autodoc needs)::
 
   python -m sphinx -W --keep-going -b html docs docs/_build/html
 """
