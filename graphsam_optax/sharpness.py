@@ -239,7 +239,7 @@ def top_k_eigenvalues(
   Args:
     loss_fn: scalar function of the parameters.
     params: pytree where the Hessian is taken.
-    k: number of eigenpairs, ``1 <= k <= `` number of parameters (static).
+    k: number of eigenpairs, from 1 to the number of parameters (static).
     init: optional start block, a pytree like ``params`` whose leaves carry a
       leading axis of size ``k`` (for example the previous
       ``result.eigenvectors``, to warm-start during training).

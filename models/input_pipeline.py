@@ -1,4 +1,4 @@
-"""Padded batches of molecules as ``jraph.GraphsTuple``s, prepared in NumPy.
+"""Padded ``jraph.GraphsTuple`` batches of molecules, prepared in NumPy.
 
 A batch holds ``batch_size`` molecules. Its edges are all ordered atom pairs
 ``(i <- j)`` of each molecule, self pairs included, never across molecules;

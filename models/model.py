@@ -287,7 +287,9 @@ def pack_blocks(n_node, size: int):
 class Topology:
   """Index arrays shared by all layers, derived once from a padded batch.
 
-  Attributes (all traced arrays unless noted):
+  All are traced arrays unless noted.
+
+  Attributes:
     node_graph: i32[N] graph of each node.
     node_pos: i32[N] position of each node within its graph.
     node_real: bool[N] node belongs to a real (non-padding) graph.
