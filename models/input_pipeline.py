@@ -127,7 +127,7 @@ class TargetScaler:
 def pack_blocks(n_atoms: np.ndarray, size: int) -> np.ndarray:
   """Blocks of ``size`` atoms that next-fit packing of ``n_atoms`` fills.
 
-  The NumPy twin of ``models.model.pack_blocks``, vectorized over the
+  The NumPy twin of ``models.layout.pack_blocks``, vectorized over the
   leading axes: molecules along the last axis are packed in order, each into
   the current block if it fits, else into a new one.
 

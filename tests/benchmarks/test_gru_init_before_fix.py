@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import gru_init_before_fix
+from models import layout
 from models import model as model_lib
 from tests.models.test_model import MOLS
 from tests.models.test_model import batch_of
@@ -18,7 +19,7 @@ glorot_of_flax = nn.initializers.xavier_uniform
 
 def gru_and_dense_kernels(d=64):
   batch = batch_of(MOLS)
-  topo = model_lib.Topology(jax.tree.map(jnp.asarray, batch.graphs), None)
+  topo = layout.Topology(jax.tree.map(jnp.asarray, batch.graphs), None)
   h = jnp.zeros((batch.graphs.nodes.shape[0], d))
   gru = model_lib.GRUReadout(d).init(jax.random.key(0), h, topo)["params"]
   dense = nn.Dense(3 * d, kernel_init=nn.initializers.xavier_uniform())

@@ -79,14 +79,14 @@ def test_budgets(nci):
 
 
 def test_pack_blocks_agrees_with_the_model():
-  from models import model
+  from models import layout
 
   rng = np.random.default_rng(0)
   sizes = rng.integers(0, 40, size=(200, 33))
   sizes[:, -1] = 0  # jraph's padding graph takes no room
   count = P.pack_blocks(sizes, 48)
   pack = jax.jit(
-    jax.vmap(model.pack_blocks, in_axes=(0, None)), static_argnums=1
+    jax.vmap(layout.pack_blocks, in_axes=(0, None)), static_argnums=1
   )
   block, start = pack(jnp.asarray(sizes, jnp.int32), 48)
   last = np.where(sizes > 0, np.asarray(block), -1).max(1)

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from models import featurization
+from models import gru as gru_lib
+from models import layout
 from models import model as model_lib
 from tests.models import synthetic
 
@@ -256,7 +258,7 @@ def test_packing_in_blocks_changes_no_prediction():
 
 def test_pack_blocks_is_next_fit():
   n = jnp.array([9, 13, 7, 1, 0, 16, 3], jnp.int32)
-  block, start = jax.jit(model_lib.pack_blocks, static_argnums=1)(n, 16)
+  block, start = jax.jit(layout.pack_blocks, static_argnums=1)(n, 16)
   assert block.tolist() == [0, 1, 2, 2, 2, 3, 4]
   assert start.tolist() == [0, 0, 0, 7, 8, 0, 0]
 
@@ -285,8 +287,8 @@ def test_gru_vjp_equals_autodiff():
   # lanes run no step): the hand-written backward pass against autodiff of
   # an unrolled transcription that runs each molecule's atoms in order.
   batch = batch_of(molecules(9, [5, 3, 1]), budget=(16, 64, 4))
-  topo = model_lib.Topology(jax.tree.map(jnp.asarray, batch.graphs), None)
-  lanes = model_lib.GRULanes.pair(
+  topo = layout.Topology(jax.tree.map(jnp.asarray, batch.graphs), None)
+  lanes = gru_lib.GRULanes.pair(
     topo.offsets, topo.n_node, topo.node_graph, topo.node_pos
   )
   # 4 graphs (5, 3, 1 atoms, padding): lanes 5 + 0 and 3 + 1.
@@ -308,7 +310,7 @@ def test_gru_vjp_equals_autodiff():
       for k, order in ((0, range(size)), (1, reversed(range(size)))):
         h = h0[k, graph]
         for pos in order:
-          h = model_lib._gru_cell(
+          h = gru_lib._gru_cell(
             h[None, None],
             x[k, first + pos][None, None],
             w[k : k + 1],
@@ -323,7 +325,7 @@ def test_gru_vjp_equals_autodiff():
 
   args = (x, h0, w, b, lanes)
   got = fast_jit(
-    jax.value_and_grad(functools.partial(loss, model_lib.gru), (0, 1, 2, 3))
+    jax.value_and_grad(functools.partial(loss, gru_lib.gru), (0, 1, 2, 3))
   )(*args)
   want = fast_jit(
     jax.value_and_grad(functools.partial(loss, reference), (0, 1, 2, 3))
@@ -340,7 +342,7 @@ def test_gru_initialization_per_direction():
   d = 64
   readout = model_lib.GRUReadout(d)
   batch = batch_of(MOLS)
-  topo = model_lib.Topology(jax.tree.map(jnp.asarray, batch.graphs), None)
+  topo = layout.Topology(jax.tree.map(jnp.asarray, batch.graphs), None)
   h = jnp.zeros((batch.graphs.nodes.shape[0], d))
   params = readout.init(jax.random.key(0), h, topo)["params"]
   bound = np.sqrt(6.0 / (4 * d))
@@ -354,7 +356,7 @@ def test_gru_initialization_per_direction():
 
 
 def test_move_rows_vjp_is_the_transposed_gather():
-  rows = model_lib.RowMap(
+  rows = layout.RowMap(
     index=np.array([2, 0, 0, 1]),
     valid=np.array([True, True, False, True]),
     inverse=np.array([1, 3, 0]),
@@ -365,9 +367,9 @@ def test_move_rows_vjp_is_the_transposed_gather():
 
   @fast_jit
   def both(x):
-    moved = model_lib.move_rows(x, rows)
-    got = jax.grad(lambda x: jnp.sum(model_lib.move_rows(x, rows) * weights))
-    want = jax.grad(lambda x: jnp.sum(model_lib._move_rows(x, rows) * weights))
+    moved = layout.move_rows(x, rows)
+    got = jax.grad(lambda x: jnp.sum(layout.move_rows(x, rows) * weights))
+    want = jax.grad(lambda x: jnp.sum(layout._move_rows(x, rows) * weights))
     return moved, got(x), want(x)
 
   moved, got, want = both(x)
