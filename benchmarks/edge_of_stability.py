@@ -48,6 +48,7 @@ import optax
 from benchmarks import common
 from graphsam_optax import sam
 from graphsam_optax import sharpness
+from models import allocator
 
 NAME = "edge_of_stability"
 FINGERPRINT_BITS = 128
@@ -295,6 +296,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
+  allocator.retain_freed_memory()  # before JAX runs anything
   args = parse_args(argv)
   command = common.command("edge_of_stability", argv)
   info = common.machine()

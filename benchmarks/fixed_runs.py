@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import common
+from models import allocator
 
 RECORD = Path("benchmarks/results/fixed_runs.json")
 # Fields that measure time or name a directory: not part of what a run
@@ -155,6 +156,7 @@ def differences(found, wanted, where: str = "") -> list[str]:
 
 
 def main(argv=None) -> int:
+  allocator.retain_freed_memory()  # before JAX runs anything
   parser = argparse.ArgumentParser(
     prog="python -m benchmarks.fixed_runs", description=__doc__.split("\n")[0]
   )

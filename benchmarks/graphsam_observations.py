@@ -78,9 +78,11 @@ import optax
 import graphsam_optax
 from benchmarks import common
 from graphsam_optax import sharpness
+from models import allocator
+from models import engine
 from models import input_pipeline
 from models import model as model_lib
-from models import train
+from models import optim
 from models.configs import default
 from models.configs import test as test_config
 
@@ -200,9 +202,9 @@ def make_observed_sam_step(
 ):
   """A jitted SAM step that also returns the record of both SAM gradients.
 
-  The engine's step (``train.optimizer_step``: the optimizer built inside
+  The engine's step (``engine.optimizer_step``: the optimizer built inside
   the step from the float hyperparameters ``values``, the loss summed into
-  a ``train.EpochTotals``) with its two gradients captured rather than
+  a ``engine.EpochTotals``) with its two gradients captured rather than
   recomputed, so observing costs no extra pass. ``loss_fn(params, batch,
   blocks)`` is the minibatch loss and ``make_tx(values)`` must build SAM:
   its first gradient is ``g_t``, its single ``grad_fn`` call ``omega_t``.
@@ -226,7 +228,7 @@ def make_observed_sam_step(
       calls.append(value_and_grad(p))
       return calls[-1]
 
-    params, opt_state, totals = train.optimizer_step(
+    params, opt_state, totals = engine.optimizer_step(
       make_tx, captured, params, opt_state, totals, values
     )
     if len(calls) != 2:
@@ -345,7 +347,7 @@ def train_run(config, data, model, params, observe_kwargs, log=print) -> dict:
   """Trains ``config.optimizer`` for ``config.epochs`` epochs.
 
   SAM runs with the observers; the other methods with ``train``'s step.
-  Both are built once per run from ``train.float_hyperparameters`` as
+  Both are built once per run from ``optim.float_hyperparameters`` as
   arrays, like the engine's, and each compiles once per batch shape.
 
   Returns:
@@ -354,19 +356,19 @@ def train_run(config, data, model, params, observe_kwargs, log=print) -> dict:
   """
   task_type = data.dataset.task_type
   steps_per_epoch = data.steps_per_epoch(config.drop_last)
-  train.create_optimizer(config, steps_per_epoch)  # validates the values
+  optim.create_optimizer(config, steps_per_epoch)  # validates the values
 
   def make_tx(values):
-    return train.create_optimizer(config, steps_per_epoch, values)
+    return optim.create_optimizer(config, steps_per_epoch, values)
 
-  values = _place(train.hyperparameter_values(config))
+  values = _place(optim.hyperparameter_values(config))
   opt_state = jax.jit(lambda p, v: make_tx(v).init(p))(params, values)
   params, opt_state = _place((params, opt_state))
   observed = config.optimizer == "sam"
   options = compiler_options(config)
   if observed:
     step = make_observed_sam_step(
-      train.make_loss_fn(model, task_type),
+      engine.make_loss_fn(model, task_type),
       make_tx,
       options,
       steps_per_epoch=steps_per_epoch,
@@ -374,12 +376,12 @@ def train_run(config, data, model, params, observe_kwargs, log=print) -> dict:
     )
     observers = _place(init_observers(params))
   else:
-    step = train.make_train_step(model, task_type, make_tx, options)
+    step = engine.make_train_step(model, task_type, make_tx, options)
   records, epoch_losses = [], []
   start = time.perf_counter()
   count = 0
   for epoch in range(config.epochs):
-    totals = _place(train.EpochTotals.zeros())
+    totals = _place(engine.EpochTotals.zeros())
     for batch in data.train_batches(epoch, config.seed, config.drop_last):
       blocks = data.blocks_of(batch)
       batch = _place(batch)
@@ -707,7 +709,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def compiler_options(config: default.Config) -> dict | None:
-  return train.FAST_COMPILE if config.fast_compile else None
+  return engine.FAST_COMPILE if config.fast_compile else None
 
 
 def make_config(args) -> default.Config:
@@ -731,26 +733,27 @@ def make_config(args) -> default.Config:
 
 
 def main(argv=None) -> dict:
+  allocator.retain_freed_memory()  # before JAX runs anything
   args = parse_args(argv)
   start = time.perf_counter()
   command = common.command("graphsam_observations", argv)
   info = common.machine()
   print(f"command: {command}\nmachine: {info}")
   config = make_config(args)
-  data = train.prepare_data(config, args.data_dir, args.cache_dir)
+  data = input_pipeline.data_for(config, args.data_dir, args.cache_dir)
   steps_per_epoch = data.steps_per_epoch(config.drop_last)
   spec = data.dataset.spec
-  model = train.create_model(config, spec.num_tasks)
+  model = engine.create_model(config, spec.num_tasks)
   first = next(data.train_batches(0, config.seed, config.drop_last))
   # The engine's initial weights (its optimizer state is left to each run).
-  init, _ = train.make_init(
+  init, _ = engine.make_init(
     model,
-    functools.partial(train.create_optimizer, config, steps_per_epoch),
+    functools.partial(optim.create_optimizer, config, steps_per_epoch),
     compiler_options(config),
   )(
     config.seed,
     first.graphs,
-    train.hyperparameter_values(config),
+    optim.hyperparameter_values(config),
     data.blocks_of(first),
   )
   init = _place(init)  # as the runs' weights: ||H|| compiles once
@@ -759,12 +762,12 @@ def main(argv=None) -> dict:
     f"{steps_per_epoch} steps per epoch; "
     f"{model_lib.count_params(init)} parameters"
   )
-  loss_fn = train.make_loss_fn(model, spec.task_type)
+  loss_fn = engine.make_loss_fn(model, spec.task_type)
   subset = hessian_subset(data, args.hessian_molecules)
   measure = make_sharpness_fn(
     make_subset_loss(loss_fn, subset), args.hessian_rtol, args.hessian_iters
   )
-  predict = train.make_predict(model, compiler_options(config))
+  predict = engine.make_predict(model, compiler_options(config))
   subset_info = {
     "molecules": int(min(args.hessian_molecules, len(data.split.train))),
     "chunks": len(subset.weights),
@@ -804,7 +807,7 @@ def main(argv=None) -> dict:
     )
     print(f"{optimizer}: {hyperparameters}")
     run = train_run(run_config, data, model, init, observe_kwargs)
-    valid = train.evaluate(
+    valid = engine.evaluate(
       predict,
       run["params"],
       data.eval_batches("valid"),

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from benchmarks import common
 from benchmarks import speed
+from models import allocator
 
 # (optimizer, hyperparameters): three families, several values of each.
 GRID = (
@@ -60,6 +61,7 @@ def run_configs(base, count: int):
 
 
 def main(argv=None) -> dict:
+  allocator.retain_freed_memory()  # before JAX runs anything
   argv = sys.argv[1:] if argv is None else list(argv)
   parser = argparse.ArgumentParser(
     prog="python -m benchmarks.many_runs",

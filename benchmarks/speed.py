@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
+from models import allocator
 
 NAME = "speed"
 
@@ -192,17 +193,18 @@ def build_runner(name, config, data, params, log):
   """An optimizer's engine from the training code, with the shared params."""
 
   import graphsam_optax
-  from models import train
+  from models import engine as engine_lib
+  from models import optim
 
   cfg = config.replace(optimizer=name)
   task = data.dataset.spec
   steps = data.steps_per_epoch(cfg.drop_last)
-  fns = train.build(cfg, task.num_tasks, task.task_type, steps)
-  engine = train.make_engine(fns, data, cfg, task.task_type, 1, log)
-  values = engine.place(train.hyperparameter_values(cfg))
+  fns = engine_lib.build(cfg, task.num_tasks, task.task_type, steps)
+  engine = engine_lib.make_engine(fns, data, cfg, task.task_type, 1, log)
+  values = engine.place(optim.hyperparameter_values(cfg))
   state = engine.place(fns.make_tx(values).init(params))
-  spec = graphsam_optax.optimizer_spec(train.registry_name(name))
-  mean = spec.mean_passes(train.optimizer_hyperparameters(cfg), steps)
+  spec = graphsam_optax.optimizer_spec(optim.registry_name(name))
+  mean = spec.mean_passes(optim.optimizer_hyperparameters(cfg), steps)
   return Runner(
     name=name,
     config=cfg,
@@ -218,10 +220,10 @@ def build_runner(name, config, data, params, log):
 
 def compile_shapes(runner: Runner, batches) -> None:
   """Compiles the runner's step for every shape among ``batches``."""
-  from models import train
+  from models import engine as engine_lib
 
   before = runner.engine.step.compiled, runner.engine.step.seconds
-  totals = runner.engine.place(train.EpochTotals.zeros())
+  totals = runner.engine.place(engine_lib.EpochTotals.zeros())
   for batch, blocks in batches:
     runner.engine.step.get(
       runner.params,
@@ -237,10 +239,10 @@ def compile_shapes(runner: Runner, batches) -> None:
 
 def train_round(runner: Runner, epoch: int) -> None:
   """One epoch of the training loop; records its graphs/s and passes."""
-  from models import train
+  from models import engine as engine_lib
 
   start = sam_steps(runner.state)
-  runner.params, runner.state, totals, graphs, seconds = train.train_epoch(
+  runner.params, runner.state, totals, graphs, seconds = engine_lib.train_epoch(
     runner.engine,
     runner.params,
     runner.state,
@@ -387,16 +389,21 @@ def cold_child(args) -> None:
 def profile(runner: Runner, batch, blocks) -> dict:
   """:func:`benchmarks.step_profile.profile_step` of one runner's step."""
   from benchmarks import step_profile
-  from models import train
+  from models import engine as engine_lib
 
   batch = runner.engine.place(batch)
-  totals = runner.engine.place(train.EpochTotals.zeros())
+  totals = runner.engine.place(engine_lib.EpochTotals.zeros())
   args = (runner.params, runner.state, totals, batch, runner.values)
   compiled = runner.engine.step.get(*args, blocks=blocks)
   return step_profile.profile_step(compiled, args)
 
 
 def main(argv=None) -> dict:
+  allocator.retain_freed_memory()  # before JAX runs anything
+  from models import engine as engine_lib
+  from models import input_pipeline
+  from models import optim
+
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   if args.cold_child:
@@ -405,7 +412,6 @@ def main(argv=None) -> dict:
   import jax
 
   from models import datasets
-  from models import train
 
   command = common.command(NAME, argv)
   info = common.machine()
@@ -414,7 +420,7 @@ def main(argv=None) -> dict:
   config = run_config(args)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", datasets.InvalidSmilesWarning)
-    data = train.prepare_data(config, args.data_dir, args.cache_dir)
+    data = input_pipeline.data_for(config, args.data_dir, args.cache_dir)
   steps = data.steps_per_epoch(config.drop_last)
   tic = time.perf_counter()
   epochs = [
@@ -431,10 +437,10 @@ def main(argv=None) -> dict:
   )
   spec = data.dataset.spec
   first = epochs[0][0]
-  fns = train.build(
+  fns = engine_lib.build(
     config.replace(optimizer="adam"), spec.num_tasks, spec.task_type, steps
   )
-  values = train.hyperparameter_values(config)
+  values = optim.hyperparameter_values(config)
   params, _ = fns.init(config.seed, first.graphs, values, data.blocks_of(first))
   runners = []
   print("compiling (not timed):")
@@ -464,7 +470,7 @@ def main(argv=None) -> dict:
   candidates = [b for b in epochs[0] if data.blocks_of(b) == typical.blocks]
   largest = [int(np.max(b.graphs.n_node[b.graph_mask])) for b in candidates]
   batch = candidates[int(np.argsort(largest)[len(largest) // 2])]
-  totals = train.EpochTotals.zeros()
+  totals = engine_lib.EpochTotals.zeros()
   trips = int(np.max(batch.graphs.n_node[batch.graph_mask]))
   traced = adam.fns.train_step.trace(
     adam.params, adam.state, totals, batch, adam.values, blocks=typical.blocks
@@ -490,7 +496,7 @@ def main(argv=None) -> dict:
   eval_s = []
   for _ in range(args.eval_repeats):
     tic = time.perf_counter()
-    train.evaluate(
+    engine_lib.evaluate(
       lambda p, graphs, blocks: predict.get(p, graphs, blocks=blocks)(
         p, graphs
       ),
@@ -715,7 +721,8 @@ def profile_lines(p: dict) -> list[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  from models import train
+
+  from models import optim
 
   parser = argparse.ArgumentParser(
     prog="python -m benchmarks.speed",
@@ -726,10 +733,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument(
     "--optimizers",
     nargs="+",
-    default=list(train.OPTIMIZERS),
-    choices=train.OPTIMIZERS,
+    default=list(optim.OPTIMIZERS),
+    choices=optim.OPTIMIZERS,
     metavar="NAME",
-    help=f"of {', '.join(train.OPTIMIZERS)} (default all)",
+    help=f"of {', '.join(optim.OPTIMIZERS)} (default all)",
   )
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--max-molecules", type=int)

@@ -71,8 +71,10 @@ from pathlib import Path
 import graphsam_optax
 from benchmarks import common
 from benchmarks import table1_report as report_lib
+from models import allocator
 from models import datasets
 from models import input_pipeline
+from models import optim
 from models import run_dir
 from models import train
 from models.configs import default
@@ -182,7 +184,7 @@ def _describe(entry: dict) -> str:
 def overrides(config: default.Config) -> dict:
   """The config's hyperparameters that differ from the registry's."""
   defaults = graphsam_optax.optimizer_spec(
-    train.registry_name(config.optimizer)
+    optim.registry_name(config.optimizer)
   ).defaults
   return {
     k: v for k, v in config.hyperparameters.items() if defaults.get(k) != v
@@ -194,7 +196,7 @@ def grid(args: argparse.Namespace) -> list[dict]:
   cells = []
   for optimizer in args.optimizers:
     defaults = graphsam_optax.optimizer_spec(
-      train.registry_name(optimizer)
+      optim.registry_name(optimizer)
     ).defaults
     choices = []
     for name in SWEEPABLE:
@@ -239,7 +241,7 @@ def canonical(config: dict) -> dict:
   """
   parsed = run_dir.config_from_record(config)
   record = dataclasses.asdict(parsed)
-  record["hyperparameters"] = train.optimizer_hyperparameters(parsed)
+  record["hyperparameters"] = optim.optimizer_hyperparameters(parsed)
   return json.loads(json.dumps(record, default=repr))
 
 
@@ -282,8 +284,8 @@ def read_run(path: Path) -> dict:
   per_step = None
   if steps:
     per_step = graphsam_optax.optimizer_spec(
-      train.registry_name(parsed.optimizer)
-    ).mean_passes(train.optimizer_hyperparameters(parsed), steps)
+      optim.registry_name(parsed.optimizer)
+    ).mean_passes(optim.optimizer_hyperparameters(parsed), steps)
   return {
     **common.summary_row(summary),
     "hyperparameters": overrides(parsed),
@@ -420,9 +422,9 @@ def make_parser() -> argparse.ArgumentParser:
     "--optimizers",
     nargs="+",
     default=["adam", "sam", "graphsam"],
-    choices=train.OPTIMIZERS,
+    choices=optim.OPTIMIZERS,
     metavar="NAME",
-    help=f"of {', '.join(train.OPTIMIZERS)} (default adam sam graphsam)",
+    help=f"of {', '.join(optim.OPTIMIZERS)} (default adam sam graphsam)",
   )
   parser.add_argument(
     "--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K"
@@ -505,7 +507,7 @@ def parse_args(parser, argv=None) -> argparse.Namespace:
     parser.error(f"argument --seeds: seeds must be >= 0, got {negative}")
   for name in SWEEPABLE:
     if getattr(args, name) and not any(
-      name in graphsam_optax.optimizer_spec(train.registry_name(o)).defaults
+      name in graphsam_optax.optimizer_spec(optim.registry_name(o)).defaults
       for o in args.optimizers
     ):
       parser.error(
@@ -562,6 +564,7 @@ def main(
       as :mod:`benchmarks.table1_report` has them.
     stem_of: the report's file name (without suffix) for a schedule.
   """
+  allocator.retain_freed_memory()  # before JAX runs anything
   parser = make_parser()
   args = parse_args(parser, argv)
   command = common.command(name, argv)

@@ -24,7 +24,7 @@ import numpy as np
 
 import graphsam_optax
 from benchmarks import common
-from models import train
+from models import optim
 from models.configs import default
 from models.datasets import get_spec
 
@@ -126,7 +126,7 @@ def swept_value(cell: dict) -> float | None:
   another one too.
   """
   defaults = graphsam_optax.optimizer_spec(
-    train.registry_name(cell["optimizer"])
+    optim.registry_name(cell["optimizer"])
   ).defaults
   if SWEPT not in defaults or not set(cell["hyperparameters"]) <= {SWEPT}:
     return None

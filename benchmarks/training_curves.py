@@ -36,6 +36,7 @@ import pandas as pd
 
 from benchmarks import common
 from benchmarks.common import load_run
+from models import allocator
 
 # One colour per optimizer, in order of first appearance.
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
@@ -146,6 +147,7 @@ def plot(runs: dict[Path, dict], path: Path) -> None:
 
 
 def main(argv=None) -> pd.DataFrame:
+  allocator.retain_freed_memory()  # before JAX runs anything
   parser = argparse.ArgumentParser(
     description=__doc__.split("\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter,

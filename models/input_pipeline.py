@@ -30,6 +30,7 @@ import numpy as np
 from models import datasets
 from models import featurization
 from models import splits
+from models.configs import default
 
 
 class BatchShape(NamedTuple):
@@ -607,3 +608,59 @@ def prepare_data(
   scaler = TargetScaler.fit(dataset.labels[part.train]) if standardize else None
   budgets = padding_budgets(dataset.n_atoms, batch_size)
   return PreparedData(dataset, part, batch_size, budgets, scaler)
+
+
+def data_for(
+  config: default.Config, data_dir=None, cache_dir=None
+) -> PreparedData:
+  """Loads and splits ``config.dataset`` or ``config.data_file``; subsets.
+
+  ``max_molecule_atoms`` and ``max_molecules`` shrink the split (the latter
+  samples each part with ``config.seed``; the scaler is refitted to what
+  remains, the batch shapes to every molecule of at most
+  ``max_molecule_atoms`` atoms, whatever the seed); ``fixed_shapes`` keeps
+  only the shape that holds any batch (one compiled step, slower per step).
+  """
+  dataset = config.dataset
+  if config.data_file is not None:
+    dataset = datasets.csv_spec(
+      config.data_file,
+      config.smiles_column,
+      config.target_columns or None,
+      config.task_type,
+    )
+  data = prepare_data(
+    dataset,
+    batch_size=config.batch_size,
+    split=config.split,
+    sizes=config.split_sizes,
+    seed=config.seed,
+    split_file=config.split_file,
+    data_dir=data_dir,
+    cache_dir=cache_dir,
+    progress=False,
+  )
+  n_atoms = data.dataset.n_atoms
+  parts = list(data.split)
+  if config.max_molecule_atoms is not None:
+    parts = [p[n_atoms[p] <= config.max_molecule_atoms] for p in parts]
+  if config.max_molecules is not None:
+    rng = np.random.default_rng(config.seed)
+    parts = [
+      np.sort(rng.choice(p, config.max_molecules, replace=False))
+      if len(p) > config.max_molecules
+      else p
+      for p in parts
+    ]
+  split = type(data.split)(*parts)
+  scaler, budgets = data.scaler, data.budgets
+  if split is not data.split and scaler is not None:
+    scaler = TargetScaler.fit(data.dataset.labels[split.train])
+  if config.max_molecule_atoms is not None:
+    # Fitted to every molecule the filter keeps, not to the sampled parts:
+    # the shapes, and so the compiled steps, do not depend on the seed.
+    kept = n_atoms[n_atoms <= config.max_molecule_atoms]
+    budgets = padding_budgets(kept, config.batch_size)
+  if config.fixed_shapes:
+    budgets = budgets[-1:]
+  return dataclasses.replace(data, split=split, scaler=scaler, budgets=budgets)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import graphsam_optax
+from models import allocator
 from models import cli
 from models import datasets
 from models import splits
@@ -361,6 +362,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  allocator.retain_freed_memory()  # before JAX runs anything
   parser = make_parser()
   args = parser.parse_args(argv)
   return cli.run(

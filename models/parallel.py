@@ -14,7 +14,7 @@ optimizer step. The step (:func:`make_parallel_train_step`) runs under
 (``P()``), the batch is split along the device axis (``P("data")``). Each
 device runs the model's forward and backward passes on its own molecules.
 Its ``[G, T]`` logits, labels and masks are all-gathered, so
-:func:`models.train.masked_loss` is taken on the union batch exactly as on one
+:func:`models.metrics.masked_loss` is taken on the union batch exactly as on one
 device (every real label weighs the same wherever it sits, RMSE included);
 each device pulls back the loss gradient of its own logits, and the parameter
 gradients are summed over devices (one all-reduce). Every device then holds
@@ -277,7 +277,7 @@ def make_parallel_value_and_grad(model, loss):
   """``value_and_grad(params, batch, blocks)`` for a ``shard_map`` body.
 
   ``batch`` is this device's GraphBatch (no device axis); ``loss(logits,
-  labels, mask)`` the loss of a batch (``models.train.masked_loss`` with its
+  labels, mask)`` the loss of a batch (``models.metrics.masked_loss`` with its
   task). Returns the loss and gradient of ``loss`` on the union of every
   device's batch, both replicated: the model's forward and backward passes
   run on the local molecules, the ``[G, T]`` logits, labels and masks of all
@@ -313,14 +313,14 @@ def make_parallel_value_and_grad(model, loss):
 def make_parallel_train_step(
   model, loss, update, mesh: Mesh, compiler_options=None
 ):
-  """The data-parallel twin of :func:`models.train.make_train_step`.
+  """The data-parallel twin of :func:`models.engine.make_train_step`.
 
   Returns ``train_step(params, opt_state, totals, batch, values, blocks)``
   -> ``(params, opt_state, totals)`` where ``batch`` is a stacked batch
   (from :func:`make_device_batch`, ideally placed by :func:`shard_batch`),
   ``blocks`` its static attention layout, and everything else replicated
   (:func:`replicate`). ``update(value_and_grad, params, opt_state, totals,
-  values)`` is the optimizer step (``models.train.optimizer_step`` bound to
+  values)`` is the optimizer step (``models.engine.optimizer_step`` bound to
   its optimizer): every optimizer of the registry runs unchanged, seeing the
   full gradient of the union batch's loss, and ``grad_fn`` evaluates that
   same parallel gradient at other parameters. ``compiler_options`` go to

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import allocator
 from models import cli
 from models import run_dir
 
@@ -43,20 +44,6 @@ ERROR_COLUMN = "prediction_error"
 FLOAT_FORMAT = "%.7g"  # the model computes in float32
 # Molecules from which a progress bar is shown (on a terminal).
 PROGRESS_FROM = 1000
-
-
-def _predict_function(model, fast_compile: bool):
-  """One jitted predict per model, shared by runs (compiled once per shape)."""
-  from models import train
-
-  key = (model, fast_compile)
-  if key not in _PREDICT:
-    options = train.FAST_COMPILE if fast_compile else None
-    _PREDICT[key] = train.make_predict(model, options)
-  return _PREDICT[key]
-
-
-_PREDICT: dict = {}
 
 
 def logits(
@@ -81,15 +68,15 @@ def logits(
   import jax
   import tqdm
 
+  from models import engine
   from models import input_pipeline
-  from models import train
 
   num_tasks = len(run.targets)
   if len(graphs) == 0:
     return np.zeros((0, num_tasks), np.float32)
   batch_size = batch_size or run.config.batch_size
-  model = train.create_model(run.config, num_tasks)
-  predict = _predict_function(model, run.config.fast_compile)
+  model = engine.create_model(run.config, num_tasks)
+  predict = engine.predict_steps(model, run.config.fast_compile).jitted
   params = jax.device_put(run.params)
   labels = np.zeros((len(graphs), num_tasks), np.float32)
   budgets = input_pipeline.padding_budgets(graphs.n_atoms, batch_size)
@@ -216,7 +203,7 @@ def evaluate(run: str | os.PathLike, part: str = "test") -> dict[str, float]:
   import json
 
   from models import datasets
-  from models import train
+  from models import metrics
 
   ensemble = load(run)
   run = ensemble.runs[0].directory
@@ -239,7 +226,7 @@ def evaluate(run: str | os.PathLike, part: str = "test") -> dict[str, float]:
   labels = table[list(spec.target_columns)].to_numpy(np.float32)[rows]
   predictions = ensemble.predict(table.smiles.iloc[rows].tolist())
   mask = ~np.isnan(labels)
-  score = train.roc_auc if spec.metric == "roc_auc" else train.rmse
+  score = metrics.roc_auc if spec.metric == "roc_auc" else metrics.rmse
   return {spec.metric: score(np.nan_to_num(labels), mask, predictions)}
 
 
@@ -352,6 +339,7 @@ def _predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  allocator.retain_freed_memory()  # before JAX runs anything
   parser = make_parser()
   args = parser.parse_args(argv)
   return cli.run(parser.prog, lambda: _predict(parser, args), debug=args.debug)

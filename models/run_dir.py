@@ -48,6 +48,7 @@ DATA = "data.json"
 SPLIT = "split.json"
 DROPPED = "dropped_rows.csv"
 METRICS = "metrics.json"
+METRICS_CSV = "metrics.csv"
 MODEL = "model.json"
 PARAMS = "params.msgpack"
 SUMMARY = "summary.json"
@@ -492,3 +493,80 @@ def load_model(run: str | os.PathLike) -> SavedModel:
       f"({type(e).__name__}); {remedy}"
     ) from e
   return SavedModel(run, config_from_record(record), meta, params)
+
+
+class Checkpoints:
+  """The run's orbax checkpoints: the state after each finished epoch."""
+
+  def __init__(self, directory: Path):
+    import orbax.checkpoint as ocp  # heavy: only where a run trains
+
+    self.directory = directory
+    try:
+      self.manager = ocp.CheckpointManager(
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, enable_async_checkpointing=False
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 - orbax raises many types
+      raise checkpoint_error(directory, e) from e
+
+  def restore(self, target: dict) -> dict | None:
+    """The latest state, or None; raises CheckpointError if unreadable."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    try:
+      step = self.manager.latest_step()
+      if step is None:
+        return None
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # noqa: BLE001 - orbax and TensorStore errors
+      raise checkpoint_error(self.directory, e) from e
+
+  def save(self, epoch: int, state: dict) -> None:
+    import orbax.checkpoint as ocp
+
+    self.manager.save(epoch, args=ocp.args.StandardSave(state))
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def elapsed_before(history: Sequence[dict]) -> float:
+  """Wall seconds from a run's start to the end of its last kept epoch.
+
+  Run directories written before metrics recorded ``elapsed_seconds`` give
+  their epochs' training seconds, a lower bound.
+  """
+  if not history:
+    return 0.0
+  last = history[-1].get("elapsed_seconds")
+  if last is None:
+    return float(sum(row["train_seconds"] for row in history))
+  return float(last)
+
+
+def write_history(workdir: Path, history: Sequence[dict]) -> None:
+  """``metrics.json``, and its spreadsheet copy ``metrics.csv``."""
+  write_text(workdir / METRICS, json.dumps(list(history), indent=1))
+  if history:
+    write_csv(workdir / METRICS_CSV, history, list(history[0]))
+
+
+def save_summary(workdir: Path, summary: dict) -> None:
+  """``summary.json``: written last, it marks the run finished."""
+  write_text(workdir / SUMMARY, json.dumps(summary, indent=1))
+
+
+def config_record(config: default.Config) -> dict:
+  """The config as ``config.json`` holds it (schedules as their repr)."""
+  record = dataclasses.asdict(config)
+  record["hyperparameters"] = {
+    k: v if isinstance(v, (int, float, bool, str)) else repr(v)
+    for k, v in config.hyperparameters.items()
+  }
+  return record

@@ -89,7 +89,7 @@ class Config:
       registry's ``"base"``: Adam alone).
     hyperparameters: overrides of the optimizer's registry defaults.
     init_lr, max_lr, final_lr, warmup_epochs, lr_decay_epochs: the learning
-      rate schedule (see ``models.train.learning_rate_schedule``).
+      rate schedule (see ``models.optim.learning_rate_schedule``).
     adam_b1, adam_b2, adam_eps: the base optimizer, Adam.
     epochs: the most training epochs.
     patience: stop after this many epochs without validation improvement.

@@ -14,7 +14,7 @@ pytest.importorskip("rdkit")
 pytest.importorskip("matplotlib")
 
 from benchmarks import graphsam_observations as obs  # noqa: E402
-from models import train  # noqa: E402
+from models import engine
 
 
 def _cos(a, b):
@@ -104,7 +104,7 @@ def test_observed_step_is_sams_step_and_records_its_two_gradients():
   values = {"lr": jnp.float32(lr), "rho": jnp.float32(rho)}
   params = {"w": jnp.array([1.0, -2.0])}
   state, observers = make_tx(values).init(params), obs.init_observers(params)
-  totals = train.EpochTotals.zeros()
+  totals = engine.EpochTotals.zeros()
   w, loss_sum = np.array([1.0, -2.0]), 0.0
   for t, batch in enumerate(np.array([[0.5, 0.2], [-0.3, 0.1], [0.0, 1.0]])):
     params, state, totals, observers, record = step(

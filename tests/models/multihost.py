@@ -17,30 +17,34 @@ import numpy as np
 
 
 def train_two_epochs(out: str) -> None:
-  from models import train
+  from models import engine as engine_lib
+  from models import input_pipeline
+  from models import optim
   from models.configs import test as test_config
   from tests.models import synthetic
 
   config = test_config.get_config().replace(epochs=2, optimizer="graphsam")
-  data = train.prepare_data(config, cache_dir=synthetic.TEST_CACHE)
+  data = input_pipeline.data_for(config, cache_dir=synthetic.TEST_CACHE)
   spec = data.dataset.spec
   steps = data.steps_per_epoch(config.drop_last)
-  fns = train.build(config, spec.num_tasks, spec.task_type, steps)
-  engine = train.make_engine(fns, data, config, spec.task_type, None, print)
+  fns = engine_lib.build(config, spec.num_tasks, spec.task_type, steps)
+  engine = engine_lib.make_engine(
+    fns, data, config, spec.task_type, None, print
+  )
   assert engine.num_devices == 8, engine.num_devices
-  values = train.hyperparameter_values(config)
+  values = optim.hyperparameter_values(config)
   first = next(data.train_batches(0, config.seed, config.drop_last))
-  params, opt_state = train.to_host(
+  params, opt_state = engine_lib.to_host(
     fns.init(config.seed, first.graphs, values, data.blocks_of(first))
   )
   params, opt_state, values = engine.place((params, opt_state, values))
   losses = []
   for epoch in (1, 2):
-    params, opt_state, totals, _, _ = train.train_epoch(
+    params, opt_state, totals, _, _ = engine_lib.train_epoch(
       engine, params, opt_state, values, epoch, config, False
     )
     losses.append(float(totals.loss_sum / totals.steps))
-  clean = train.to_host(fns.eval_params(opt_state, params))
+  clean = engine_lib.to_host(fns.eval_params(opt_state, params))
   batch = next(data.eval_batches("valid"))
   predictions = fns.predict(clean, batch.graphs, data.blocks_of(batch))
   if jax.process_index() == 0:

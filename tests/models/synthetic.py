@@ -1,7 +1,7 @@
 """Synthetic molecule-like batches in the format of `GraphBatch`.
 
 Used by the model and training tests (and by speed measurements) so that they
-need neither RDKit nor a data file: random connected "molecules" (a random
+need no data file: random connected "molecules" (a random
 tree plus a few ring closures), symmetric bond ids from a bond vocabulary,
 topological distances, every ordered atom pair of each molecule (self pairs
 included), padded with `jraph.pad_with_graphs`.
@@ -17,9 +17,12 @@ from typing import NamedTuple
 import jraph
 import numpy as np
 
-ATOM_FEATURES = 115
-BOND_FEATURES = 13
-DISCONNECTED_DISTANCE = 1e4
+from models import featurization
+
+# The pipeline's sizes, so that synthetic batches fit the model as real ones.
+ATOM_FEATURES = len(featurization.ATOM_FEATURIZER)
+BOND_FEATURES = len(featurization.BOND_FEATURIZER)
+DISCONNECTED_DISTANCE = featurization.DISCONNECTED_DISTANCE
 # Featurized-molecule cache shared by the training and CLI tests (keyed by
 # file checksum and featurizer version, so reuse across runs is safe).
 TEST_CACHE = Path(tempfile.gettempdir()) / "graphsam-optax-test-cache"

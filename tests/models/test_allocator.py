@@ -1,22 +1,28 @@
-"""models/_allocator: glibc keeps XLA's freed buffers (no page faults per
-step) and gives free memory back when a run ends."""
+"""models.allocator: glibc keeps XLA's freed buffers (no page faults per
+step) once a program asks for it, and gives free memory back when a run
+ends. Each setting is measured in a fresh process."""
 
 import subprocess
 import sys
 
 import pytest
 
-from models import _allocator
+glibc_only = pytest.mark.skipif(
+  not sys.platform.startswith("linux"), reason="glibc only"
+)
 
 # Minor page faults of 5 steps whose temporary, a dot's 64 MiB output
 # consumed by a second dot, is allocated afresh on every call; the minimum
 # over 5 repetitions, so that a stray fault elsewhere in the process does not
-# count. With ``models`` imported first the setting is on; without it glibc
-# maps and unmaps the temporary each step.
+# count. With the setting on (called first, as the CLIs do) glibc keeps the
+# temporary; without it glibc maps and unmaps it each step, and importing
+# ``models`` alone changes nothing.
 STEPS_FAULTS = """
 import resource, sys
+import models
 if sys.argv[1] == "on":
-  import models
+  from models import allocator
+  assert allocator.retain_freed_memory()
 import jax, jax.numpy as jnp
 
 @jax.jit
@@ -39,22 +45,46 @@ print(min(faults))
 """
 PAGES_PER_STEP = 64 * 2**20 // 4096
 
+# Resident memory (KiB) after freeing 256 MiB that the setting keeps, then
+# after release_free_memory(): the release must give it back.
+RELEASE = """
+import numpy as np
+from models import allocator
 
-def steps_faults(setting: str) -> int:
+def rss_kib():
+  with open("/proc/self/status") as f:
+    return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+assert allocator.retain_freed_memory()
+buffers = [np.ones(2**20, np.float64) for _ in range(32)]  # 256 MiB, touched
+del buffers
+kept = rss_kib()
+released = allocator.release_free_memory()
+print(kept, rss_kib(), released)
+"""
+
+
+def run(script: str, *args: str) -> list[str]:
   done = subprocess.run(
-    [sys.executable, "-c", STEPS_FAULTS, setting],
+    [sys.executable, "-c", script, *args],
     capture_output=True,
     text=True,
     timeout=300,
     check=True,
   )
-  return int(done.stdout.split()[-1])
+  return done.stdout.split()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
-def test_steps_reuse_memory_without_page_faults():
-  assert _allocator.retain_freed_memory()  # done on import; idempotent
-  # The control: without the setting every step faults its temporary in.
-  assert steps_faults("off") >= 5 * PAGES_PER_STEP
-  assert steps_faults("on") < PAGES_PER_STEP // 4
-  assert _allocator.release_free_memory() in (True, False)
+@glibc_only
+def test_steps_reuse_memory_without_page_faults_once_asked():
+  # The control: without the call (importing models is not enough) every
+  # step faults its temporary in.
+  assert int(run(STEPS_FAULTS, "off")[-1]) >= 5 * PAGES_PER_STEP
+  assert int(run(STEPS_FAULTS, "on")[-1]) < PAGES_PER_STEP // 4
+
+
+@glibc_only
+def test_release_gives_the_kept_memory_back():
+  kept, after, released = run(RELEASE)
+  assert released == "True"
+  assert int(kept) - int(after) > 200 * 1024  # of the 256 MiB freed

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from models import datasets
+from models import input_pipeline
 from models import main
+from models import optim
 from models import run_dir
 from models import train
 from tests.models import synthetic
@@ -34,7 +36,7 @@ def no_work(monkeypatch):
     raise AssertionError("training started despite a bad argument")
 
   monkeypatch.setattr(train, "train_and_evaluate", fail)
-  monkeypatch.setattr(train, "prepare_data", fail)
+  monkeypatch.setattr(input_pipeline, "data_for", fail)
 
 
 @pytest.mark.parametrize(
@@ -85,8 +87,8 @@ def test_help_lists_every_optimizer(capsys):
   with pytest.raises(SystemExit):
     main.main(["--help"])
   out = capsys.readouterr().out
-  assert main.optimizers() == train.OPTIMIZERS
-  for name in train.OPTIMIZERS:
+  assert main.optimizers() == optim.OPTIMIZERS
+  for name in optim.OPTIMIZERS:
     assert f"\n{name}: " in out
   assert "--data" in out and "--seeds" in out and "--split-file" in out
   assert "_registry" not in inspect.getsource(main)  # public API only

@@ -68,7 +68,8 @@ def run_checks():
   import optax
 
   import graphsam_optax
-  from models import train
+  from models import engine
+  from models import metrics
   from models.configs import test as test_config
 
   assert jax.device_count() == DEVICES, jax.devices()
@@ -100,22 +101,22 @@ def run_checks():
     ]
     one_blocks = union_budget[0].blocks
     many_blocks = device_budget[0].blocks
-    model = train.create_model(config, labels.shape[1])
+    model = engine.create_model(config, labels.shape[1])
     params = model.init(
       jax.random.key(config.seed), union[0].graphs, one_blocks
     )["params"]
-    options = train.FAST_COMPILE  # the same programs, compiled faster
-    one_step = train.make_train_step(
+    options = engine.FAST_COMPILE  # the same programs, compiled faster
+    one_step = engine.make_train_step(
       model, task_type, lambda _, tx=tx: tx, options
     )
     many_step = parallel.make_parallel_train_step(
       model,
-      functools.partial(train.masked_loss, task_type=task_type),
-      functools.partial(train.optimizer_step, lambda _, tx=tx: tx),
+      functools.partial(metrics.masked_loss, task_type=task_type),
+      functools.partial(engine.optimizer_step, lambda _, tx=tx: tx),
       mesh,
       options,
     )
-    zero = train.EpochTotals.zeros()
+    zero = engine.EpochTotals.zeros()
     one = (params, tx.init(params), zero)
     many = parallel.replicate(one, mesh)
     for step in range(4):

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from models import engine
 from models import featurization
 from models import input_pipeline
 from models import predict
@@ -40,10 +41,10 @@ def make_run(directory: Path, seed: int, task_type="regression", targets=2):
   batch = input_pipeline.make_batch(
     graphs, np.zeros((2, targets), np.float32), [0, 1], budgets
   )
-  model = train.create_model(config, targets)
+  model = engine.create_model(config, targets)
   blocks = input_pipeline.shape_of(batch, budgets).blocks
   init = jax.jit(
-    model.init, static_argnums=2, compiler_options=train.FAST_COMPILE
+    model.init, static_argnums=2, compiler_options=engine.FAST_COMPILE
   )
   params = init(jax.random.key(seed), batch.graphs, blocks)["params"]
   scaler = None
@@ -62,7 +63,7 @@ def make_run(directory: Path, seed: int, task_type="regression", targets=2):
     dataset=types.SimpleNamespace(spec=spec), scaler=scaler
   )
   directory.mkdir(parents=True)
-  record = json.loads(json.dumps(train._config_record(config)))
+  record = json.loads(json.dumps(run_dir.config_record(config)))
   (directory / run_dir.CONFIG).write_text(json.dumps(record))
   run_dir.save_model(directory, data, params, best_epoch=1)
   return directory
@@ -116,10 +117,12 @@ def test_classification_gives_probabilities(tmp_path):
 
 
 def test_predict_compiles_once_per_shape(runs, monkeypatch):
-  monkeypatch.setattr(predict, "_PREDICT", {})
+  monkeypatch.setattr(engine, "_PREDICTS", {})
   ensemble = predict.load(runs)
   ensemble.predict(SMILES)
-  (fn,) = predict._PREDICT.values()  # both runs share one jitted function
+  # Both runs share one jitted function, the engine's for their model.
+  (steps,) = engine._PREDICTS.values()
+  fn = steps.jitted
   compiled = fn._cache_size()
   ensemble.predict(list(reversed(SMILES)))
   assert fn._cache_size() == compiled

@@ -11,6 +11,11 @@ import optax
 import pytest
 
 import graphsam_optax
+from models import engine
+from models import input_pipeline
+from models import metrics
+from models import optim
+from models import run_dir
 from models import train
 from models.configs import default
 from models.configs import test as test_config
@@ -19,7 +24,7 @@ from tests.models import synthetic
 
 def test_learning_rate_schedule_is_the_papers():
   config = default.get_config("bbbp")
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=50)
+  schedule = optim.learning_rate_schedule(config, steps_per_epoch=50)
   lr = lambda epoch: float(schedule(int(epoch * 50)))  # noqa: E731
   assert lr(0) == pytest.approx(1e-4)
   assert lr(1) == pytest.approx(5.5e-4)  # linear warm-up over 2 epochs
@@ -35,19 +40,19 @@ def test_masked_losses():
   mask = jnp.array([[True, False], [True, True], [False, False]])
   bce = optax.sigmoid_binary_cross_entropy(logits, labels)
   want = (bce[0, 0] + bce[1, 0] + bce[1, 1]) / 3
-  got = train.masked_loss(logits, labels, mask, "classification")
+  got = metrics.masked_loss(logits, labels, mask, "classification")
   np.testing.assert_allclose(got, want, rtol=1e-6)
-  rmse = train.masked_loss(logits, labels, mask, "regression")
+  rmse = metrics.masked_loss(logits, labels, mask, "regression")
   np.testing.assert_allclose(rmse, np.sqrt((1 + 0.25 + 9) / 3), rtol=1e-6)
   # No label at all (a batch of padding): zero loss, zero finite gradient.
   for task in ("classification", "regression"):
     none = jnp.zeros_like(mask)
-    value, grad = jax.value_and_grad(train.masked_loss)(
+    value, grad = jax.value_and_grad(metrics.masked_loss)(
       logits, labels, none, task
     )
     assert value == 0 and np.all(grad == 0)
   # Perfect regression: sqrt at 0 keeps a finite gradient.
-  grad = jax.grad(train.masked_loss)(labels, labels, mask, "regression")
+  grad = jax.grad(metrics.masked_loss)(labels, labels, mask, "regression")
   assert np.all(np.isfinite(grad))
 
 
@@ -56,9 +61,9 @@ def test_metrics_skip_single_class_tasks():
   mask = np.ones_like(labels, bool)
   mask[[1, 3], 2] = False  # task 2: one class among the present labels
   scores = np.array([[0.1, 5, 1], [0.8, 2, 0], [0.3, 1, 1], [0.9, 0, 9]])
-  assert train.roc_auc(labels, mask, scores) == 1.0  # only task 0 counts
-  assert math.isnan(train.roc_auc(labels[:, 1:], mask[:, 1:], scores[:, 1:]))
-  assert train.rmse(labels, mask, labels + 2 * mask) == pytest.approx(2.0)
+  assert metrics.roc_auc(labels, mask, scores) == 1.0  # only task 0 counts
+  assert math.isnan(metrics.roc_auc(labels[:, 1:], mask[:, 1:], scores[:, 1:]))
+  assert metrics.rmse(labels, mask, labels + 2 * mask) == pytest.approx(2.0)
 
 
 def test_learning_rate_schedule_takes_arrays_and_matches_optax():
@@ -78,11 +83,11 @@ def test_learning_rate_schedule_takes_arrays_and_matches_optax():
     ],
     [100],
   )
-  values = {f: jnp.float32(getattr(config, f)) for f in train.SCHEDULE_FIELDS}
+  values = {f: jnp.float32(getattr(config, f)) for f in optim.SCHEDULE_FIELDS}
 
   @jax.jit
   def traced(values, count):
-    return train.learning_rate_schedule(config, steps, values)(count)
+    return optim.learning_rate_schedule(config, steps, values)(count)
 
   counts = jnp.arange(0, 2000, 7)
   np.testing.assert_allclose(
@@ -109,19 +114,19 @@ class _Toy(nn.Module):
 
 def _toy_step(config, steps_per_epoch=3):
   def make_tx(values):
-    return train.create_optimizer(config, steps_per_epoch, values)
+    return optim.create_optimizer(config, steps_per_epoch, values)
 
-  step = train.make_train_step(
-    _Toy(), "classification", make_tx, compiler_options=train.FAST_COMPILE
+  step = engine.make_train_step(
+    _Toy(), "classification", make_tx, compiler_options=engine.FAST_COMPILE
   )
   return make_tx, step
 
 
 def _values(config):
-  return train.hyperparameter_values(config)
+  return optim.hyperparameter_values(config)
 
 
-@pytest.mark.parametrize("name", train.OPTIMIZERS)
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
 def test_each_registry_optimizer_runs_one_jitted_step(name):
   batch = synthetic.random_batches(1, 1, batch_size=4, mean_atoms=6)[0]
   params = _Toy().init(jax.random.key(0), batch.graphs, None)["params"]
@@ -130,7 +135,7 @@ def test_each_registry_optimizer_runs_one_jitted_step(name):
   values = _values(config)
   state = jax.jit(lambda p, v: make_tx(v).init(p))(params, values)
   new_params, state, totals = step(
-    params, state, train.EpochTotals.zeros(), batch, values, None
+    params, state, engine.EpochTotals.zeros(), batch, values, None
   )
   assert np.isfinite(totals.loss_sum) and int(totals.steps) == 1
   assert int(totals.first_nonfinite) == -1
@@ -150,20 +155,20 @@ def test_float_hyperparameters_are_arguments_not_constants(name):
   params = _Toy().init(jax.random.key(0), batches[0].graphs, None)["params"]
   base = default.get_config("bbbp").replace(optimizer=name)
   make_tx, step = _toy_step(base)
-  loss_fn = train.make_loss_fn(_Toy(), "classification")
+  loss_fn = engine.make_loss_fn(_Toy(), "classification")
   for overrides in ({"rho": 0.2, "beta": 0.9}, {"rho": 0.01, "beta": 0.5}):
     hp = {
       k: v
       for k, v in overrides.items()
-      if k in graphsam_optax.optimizer_spec(train.registry_name(name)).defaults
+      if k in graphsam_optax.optimizer_spec(optim.registry_name(name)).defaults
     }
     config = base.replace(hyperparameters=hp, max_lr=3e-2, init_lr=1e-2)
     values = _values(config)
     # Committed like the training loop's, so every call sees one signature.
     got_params, got_state, totals = jax.device_put(
-      (params, make_tx(values).init(params), train.EpochTotals.zeros())
+      (params, make_tx(values).init(params), engine.EpochTotals.zeros())
     )
-    tx = train.create_optimizer(config, 3)  # floats baked in
+    tx = optim.create_optimizer(config, 3)  # floats baked in
     want_params, want_state = params, tx.init(params)
     for batch in batches:
       got_params, got_state, totals = step(
@@ -202,14 +207,14 @@ def test_a_graphsam_run_trains_the_papers_graphsam():
   make_tx, step = _toy_step(config, steps_per_epoch)
   values = jax.device_put(_values(config))
   got_params, got_state, totals = jax.device_put(
-    (params, make_tx(values).init(params), train.EpochTotals.zeros())
+    (params, make_tx(values).init(params), engine.EpochTotals.zeros())
   )
 
   def rho(count):
     return 0.05 * 0.5 ** jnp.floor_divide(count, steps_per_epoch)
 
   adam = optax.adam(
-    train.learning_rate_schedule(config, steps_per_epoch),
+    optim.learning_rate_schedule(config, steps_per_epoch),
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -218,7 +223,7 @@ def test_a_graphsam_run_trains_the_papers_graphsam():
     adam, anchor_every=steps_per_epoch, rho=rho, beta=0.99
   )
   want_params, want_state = params, tx.init(params)
-  loss_fn = train.make_loss_fn(_Toy(), "classification")
+  loss_fn = engine.make_loss_fn(_Toy(), "classification")
   rhos = []
   for batch in batches:
     got_params, got_state, totals = step(
@@ -243,7 +248,7 @@ def test_a_graphsam_run_trains_the_papers_graphsam():
 
 
 def test_epoch_totals_record_the_first_nonfinite_loss():
-  totals = train.EpochTotals.zeros()
+  totals = engine.EpochTotals.zeros()
   for loss in (1.0, 2.0, np.nan, np.inf, 3.0):
     totals = totals.add(jnp.float32(loss))
   assert int(totals.steps) == 5 and int(totals.first_nonfinite) == 2
@@ -255,13 +260,13 @@ def test_epoch_totals_record_the_first_nonfinite_loss():
 def test_create_optimizer_rejects_bad_names_and_values():
   config = default.get_config("bbbp")
   with pytest.raises(ValueError, match="optimizer='nope'"):
-    train.create_optimizer(config.replace(optimizer="nope"), 10)
+    optim.create_optimizer(config.replace(optimizer="nope"), 10)
   with pytest.raises(ValueError, match="rho"):
-    train.create_optimizer(
+    optim.create_optimizer(
       config.replace(optimizer="sam", hyperparameters={"rho": -1.0}), 10
     )
   with pytest.raises(ValueError, match="alpha"):
-    train.create_optimizer(
+    optim.create_optimizer(
       config.replace(optimizer="sam", hyperparameters={"alpha": 0.1}), 10
     )
 
@@ -277,6 +282,7 @@ def _run(tmp_path, name, **kw):
   )
 
 
+@pytest.mark.slow
 def test_training_lowers_validation_rmse(tmp_path):
   summary = _run(tmp_path, "run")
   history = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -284,12 +290,12 @@ def test_training_lowers_validation_rmse(tmp_path):
   assert (tmp_path / "run" / "metrics.csv").read_text().startswith("epoch,")
   # The untrained model's validation RMSE, from the same cached functions.
   config = test_config.get_config()
-  data = train.prepare_data(config, cache_dir=synthetic.TEST_CACHE)
-  fns = train.build(config, 1, "regression", data.steps_per_epoch())
+  data = input_pipeline.data_for(config, cache_dir=synthetic.TEST_CACHE)
+  fns = engine.build(config, 1, "regression", data.steps_per_epoch())
   first = next(data.train_batches(0, config.seed))
   values = _values(config)
   params, _ = fns.init(config.seed, first.graphs, values, data.blocks_of(first))
-  untrained = train.evaluate(
+  untrained = engine.evaluate(
     fns.predict,
     params,
     data.eval_batches("valid"),
@@ -307,6 +313,7 @@ class _Killed(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
   whole = _run(tmp_path, "whole", optimizer="graphsam", epochs=4)
 
@@ -352,10 +359,10 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
 
 def test_resumed_wall_time_of_a_run_directory_without_elapsed_seconds():
   history = [{"train_seconds": 2.0}, {"train_seconds": 3.0}]
-  assert train._elapsed_before(history) == 5.0
+  assert run_dir.elapsed_before(history) == 5.0
   history[-1]["elapsed_seconds"] = 7.5
-  assert train._elapsed_before(history) == 7.5
-  assert train._elapsed_before([]) == 0.0
+  assert run_dir.elapsed_before(history) == 7.5
+  assert run_dir.elapsed_before([]) == 0.0
 
 
 def test_output_directory_of_another_configuration_is_refused(tmp_path):

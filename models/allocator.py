@@ -13,10 +13,16 @@ kernel, and the second core mostly idle.
 and never ``mmap`` (``M_ARENA_MAX = 1``, ``M_MMAP_MAX = 0``), and return
 freed memory to the system only above 2 GiB at the top of the heap: after
 the first step, a step reuses its buffers without a fault. It only affects
-threads that have not allocated yet, so it runs when :mod:`models` is
-imported, before JAX starts its threads; the resident memory of a process
-then stays at its peak instead of dropping between steps, until
-:func:`release_free_memory` (called when a run ends) returns what is free.
+threads that have not allocated yet, so a program calls it first, before
+JAX runs anything: ``graphsam-train``, ``graphsam-predict`` and the benchmark
+scripts do; a notebook or script of yours can::
+
+  from models import allocator
+  allocator.retain_freed_memory()  # before the first JAX computation
+
+The resident memory of a process then stays at its peak instead of dropping
+between steps, until :func:`release_free_memory` (called when a run ends)
+returns what is free. Nothing changes the allocator on import.
 """
 
 from __future__ import annotations
