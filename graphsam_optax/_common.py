@@ -204,6 +204,29 @@ def ascent_gradient(
   return optax.tree.cast_like(grad_fn(point), grads)
 
 
+def ascent_gradient_unless_zero(
+  rho: jax.Array,
+  grads: optax.Updates,
+  params: optax.Params,
+  grad_fn: GradFn,
+  direction: optax.Updates | None = None,
+) -> optax.Updates:
+  """``grad_fn(w + ρ d / ||d||)``, or ``grads`` itself while ``ρ = 0``.
+
+  ``d`` is ``direction``, by default ``grads`` (SAM's ascent). With ``ρ = 0``
+  the ascent point is ``w`` and its gradient is ``grads``: the pass is skipped
+  (a ``jax.lax.cond`` branch), so that a radius schedule that is zero for a
+  while (:func:`graphsam_optax.late_phase_schedule`) saves the passes too.
+  """
+  direction = grads if direction is None else direction
+
+  def ascent():
+    point = ascent_point(direction, params, rho)
+    return optax.tree.cast_like(grad_fn(point), grads)
+
+  return jax.lax.cond(rho > 0, ascent, lambda: grads)
+
+
 def sam_or_plain_update(
   is_sam: jax.Array,
   updates: optax.Updates,

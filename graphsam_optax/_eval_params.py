@@ -4,43 +4,55 @@ import jax
 import optax
 
 from graphsam_optax import _graphsam
+from graphsam_optax import _msam
+
+# The states whose caller holds a perturbed point, and its offset.
+_HELD = {
+  _graphsam.GraphSAMState: lambda state, params: _graphsam.held_perturbation(
+    state
+  ),
+  _msam.MSAMState: _msam.held_perturbation,
+}
+
+
+def _is_perturbed(value) -> bool:
+  return isinstance(value, tuple(_HELD))
 
 
 def _is_graphsam(value) -> bool:
   return isinstance(value, _graphsam.GraphSAMState)
 
 
-def _graphsam_states(state: optax.OptState) -> list[_graphsam.GraphSAMState]:
-  """The GraphSAM states in ``state``, however deeply nested."""
-  leaves = jax.tree.leaves(state, is_leaf=_is_graphsam)
-  return [leaf for leaf in leaves if _is_graphsam(leaf)]
+def _states(state: optax.OptState, is_state) -> list:
+  """The states in ``state`` for which ``is_state`` holds, however nested."""
+  leaves = jax.tree.leaves(state, is_leaf=is_state)
+  return [leaf for leaf in leaves if is_state(leaf)]
 
 
 def _remove(params, states):
   if len(states) > 1:
     raise ValueError(
-      f"the optimizer state holds {len(states)} GraphSAM states; one "
-      "perturbed transformation per optimizer is supported."
+      f"the optimizer state holds {len(states)} perturbed-point states "
+      "(GraphSAM, MSAM); one perturbed transformation per optimizer is "
+      "supported."
     )
   if not states:
     return params
-  return jax.tree.map(
-    lambda p, d: (p - d).astype(p.dtype),
-    params,
-    _graphsam.held_perturbation(states[0]),
-  )
+  offset = _HELD[type(states[0])](states[0], params)
+  return jax.tree.map(lambda p, d: (p - d).astype(p.dtype), params, offset)
 
 
 def eval_params(state: optax.OptState, params: optax.Params) -> optax.Params:
   """The clean weights behind the params held during training.
 
-  GraphSAM makes the caller hold the perturbed point ``w + δ`` (see
-  :func:`graphsam_optax.graphsam`); every other transformation of this library
-  and of optax holds ``w`` itself. This returns ``w`` for any of them, also
-  when the state is nested in ``optax.chain``, ``optax.inject_hyperparams`` or
-  ``optax.MultiSteps``: evaluate, checkpoint and export what it returns. Only a
-  :class:`graphsam_optax.GraphSAMState` counts: other states, whatever their
-  fields, leave ``params`` unchanged.
+  GraphSAM and MSAM make the caller hold the perturbed point ``w + δ`` (see
+  :func:`graphsam_optax.graphsam`, :func:`graphsam_optax.msam`); every other
+  transformation of this library and of optax holds ``w`` itself. This
+  returns ``w`` for any of them, also when the state is nested in
+  ``optax.chain``, ``optax.inject_hyperparams`` or ``optax.MultiSteps``:
+  evaluate, checkpoint and export what it returns. Only a
+  :class:`graphsam_optax.GraphSAMState` or :class:`graphsam_optax.MSAMState`
+  counts: other states, whatever their fields, leave ``params`` unchanged.
 
   Args:
     state: the optimizer state.
@@ -48,11 +60,11 @@ def eval_params(state: optax.OptState, params: optax.Params) -> optax.Params:
 
   Returns:
     The weights to evaluate: ``params`` minus the perturbation of the
-    GraphSAM state found in ``state``, or ``params`` unchanged when there is
-    none.
+    GraphSAM or MSAM state found in ``state``, or ``params`` unchanged when
+    there is none.
 
   Raises:
-    ValueError: if the state holds more than one GraphSAM state.
+    ValueError: if the state holds more than one such state.
 
   Examples:
     >>> import jax.numpy as jnp, optax, graphsam_optax
@@ -61,7 +73,7 @@ def eval_params(state: optax.OptState, params: optax.Params) -> optax.Params:
     >>> print(graphsam_optax.eval_params(state, params))
     [1. 1.]
   """
-  return _remove(params, _graphsam_states(state))
+  return _remove(params, _states(state, _is_perturbed))
 
 
 def graphsam_eval_params(
@@ -90,7 +102,7 @@ def graphsam_eval_params(
     >>> print(graphsam_optax.graphsam_eval_params(tx.init(params), params))
     [1. 1.]
   """
-  states = _graphsam_states(state)
+  states = _states(state, _is_graphsam)
   if not states:
     raise ValueError(
       "graphsam_eval_params needs a state produced by graphsam (or containing "

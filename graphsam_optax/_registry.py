@@ -19,17 +19,23 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from graphsam_optax import _common
 from graphsam_optax._ae_sam import ae_sam
+from graphsam_optax._fsam import fsam
 from graphsam_optax._graphsam import graphsam
 from graphsam_optax._graphsam_variants import graphsam_authors
 from graphsam_optax._graphsam_variants import sam_k
 from graphsam_optax._graphsam_variants import sam_one
+from graphsam_optax._gsam import gsam
 from graphsam_optax._looksam import looksam
+from graphsam_optax._msam import msam
 from graphsam_optax._rst import rst
 from graphsam_optax._sam import sam
+from graphsam_optax._schedules import late_phase_schedule
+from graphsam_optax._schedules import lr_proportional_schedule
 from graphsam_optax._schedules import rho_decay_schedule
 
 _GRAPHSAM_PAPER = (
@@ -40,7 +46,11 @@ _GRAPHSAM_PAPER = (
 _NEEDS = {
   "steps_per_epoch": "it is the number of optimizer steps in one epoch.",
   "total_steps": "it is the length of training in optimizer steps.",
+  "learning_rate": "it is the base optimizer's learning rate (schedule).",
 }
+# Beyond this many steps the registry's GSAM does not scan the learning-rate
+# schedule for its extremes.
+_MAX_SCANNED_STEPS = 10**7
 
 
 def _defaults(function: Callable[..., Any]) -> dict[str, Any]:
@@ -53,6 +63,10 @@ def _defaults(function: Callable[..., Any]) -> dict[str, Any]:
 _SAM = _defaults(sam)
 _GRAPHSAM = _defaults(graphsam)
 _RHO_DECAY = _defaults(rho_decay_schedule)
+_MSAM = _defaults(msam)
+_GSAM = _defaults(gsam)
+_FSAM = _defaults(fsam)
+_LATE = _defaults(late_phase_schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +90,9 @@ class OptimizerSpec:
     defaults: every hyperparameter the method accepts, with its default (the
       paper's where it gives one; see ``notes``): the parameters of
       ``build`` that have one.
-    needs: which of ``steps_per_epoch`` and ``total_steps`` the method needs:
-      the parameters of ``build`` of these names without a default.
+    needs: which of ``steps_per_epoch``, ``total_steps`` and
+      ``learning_rate`` the method needs: the parameters of ``build`` of
+      these names without a default.
     optional_needs: those it uses when given (parameters with a default).
   """
 
@@ -211,6 +226,86 @@ def _graphsam(
   )
 
 
+def _msam(
+  optimizer: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule = _MSAM["rho"],
+):
+  """MSAM: the gradient at the weights moved by rho along the normalized
+  negative momentum of the base optimizer; no extra pass."""
+  return msam(optimizer, rho)
+
+
+def _gsam(
+  optimizer: optax.GradientTransformation,
+  learning_rate: optax.ScalarOrSchedule | None = None,
+  total_steps: int | None = None,
+  rho: optax.ScalarOrSchedule = _GSAM["rho"],
+  rho_min: float = 0.01,
+  alpha: float = _GSAM["alpha"],
+):
+  """GSAM: SAM's gradient minus alpha times the clean gradient's part
+  orthogonal to it (an ascent on the surrogate gap).
+
+  Given the base's ``learning_rate`` schedule and ``total_steps``, a float
+  ``rho`` is tied to the learning rate as in the paper: ``rho`` at the largest
+  learning rate of the run, ``rho_min`` at the smallest, linear between.
+  Otherwise (a constant learning rate) ``rho`` is constant; a schedule is
+  used as is.
+  """
+  _common.check_rho(rho_min, "rho_min")
+  if callable(rho):
+    return gsam(optimizer, rho, alpha)
+  _common.check_rho(rho)
+  if (
+    _common.is_concrete(rho) and _common.is_concrete(rho_min) and rho_min > rho
+  ):
+    raise ValueError(
+      f"rho_min must be <= rho, got rho_min={rho_min!r} and rho={rho!r}: "
+      "rho is GSAM's radius at the largest learning rate, rho_min at the "
+      "smallest."
+    )
+  if callable(learning_rate) and total_steps is not None:
+    if total_steps > _MAX_SCANNED_STEPS:
+      raise ValueError(
+        f"gsam ties rho to the learning rate by scanning its schedule, "
+        f"total_steps={total_steps!r} is beyond {_MAX_SCANNED_STEPS}: pass "
+        "rho=graphsam_optax.lr_proportional_schedule(...) instead."
+      )
+    rates = learning_rate(jnp.arange(total_steps))
+    rho = lr_proportional_schedule(
+      learning_rate,
+      rho_max=rho,
+      rho_min=rho_min,
+      lr_max=jnp.max(rates),
+      lr_min=jnp.min(rates),
+    )
+  return gsam(optimizer, rho, alpha)
+
+
+def _fsam(
+  optimizer: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule = _FSAM["rho"],
+  sigma: float = _FSAM["sigma"],
+  ema_decay: float = _FSAM["ema_decay"],
+):
+  """F-SAM: SAM perturbed along the gradient minus sigma times its moving
+  average (the batch-specific part)."""
+  return fsam(optimizer, rho, sigma, ema_decay)
+
+
+def _late_sam(
+  optimizer: optax.GradientTransformation,
+  total_steps: int,
+  rho: optax.ScalarOrSchedule = _LATE["rho"],
+  start: float = _LATE["start"],
+):
+  """Late-phase SAM: plain steps until start * total_steps, SAM after."""
+  return sam(
+    optimizer,
+    late_phase_schedule(rho, total_steps=total_steps, start=start),
+  )
+
+
 _ONCE_PER_EPOCH = "1, plus 1 at the anchor step of each epoch (T + 1 per epoch)"
 _SPECS = (
   OptimizerSpec("base", _base, "1", lambda hp, spe: 1.0, uses_grad_fn=False),
@@ -303,6 +398,61 @@ _SPECS = (
     ),
     notes="p 0.5 halves SAM's extra cost.",
   ),
+  OptimizerSpec(
+    "msam",
+    _msam,
+    "1",
+    lambda hp, spe: 1.0,
+    uses_grad_fn=False,
+    reference=(
+      "Becker, Altrock and Risse, Momentum-SAM, 2024, "
+      "https://arxiv.org/abs/2401.12033; code github.com/MarlonBecker/MSAM"
+    ),
+    notes=(
+      "rho 3 as the authors' published runs (SGD and AdamW); the momentum is "
+      "the base's own first moment (Adam's mu: the authors' AdamW variant)."
+    ),
+  ),
+  OptimizerSpec(
+    "gsam",
+    _gsam,
+    "2 (1 on steps where rho_t = 0)",
+    lambda hp, spe: 2.0,
+    reference=(
+      "Zhuang et al., ICLR 2022, https://arxiv.org/abs/2203.08065; code "
+      "google-research/big_vision, github.com/juntang-zhuang/GSAM"
+    ),
+    notes=(
+      "rho 0.05 (the family's SAM radius) at the largest learning rate, "
+      "rho_min 0.01 at the smallest (the authors' ViT config: a sixth); "
+      "alpha 0.2 as the authors' PyTorch example."
+    ),
+  ),
+  OptimizerSpec(
+    "fsam",
+    _fsam,
+    "2 (1 on steps where rho_t = 0)",
+    lambda hp, spe: 2.0,
+    reference=(
+      "Li et al., CVPR 2024, https://arxiv.org/abs/2403.12350; code "
+      "github.com/nblt/F-SAM"
+    ),
+    notes=(
+      "sigma 1 and ema_decay 0.95 as the authors' run.sh; rho 0.05, the "
+      "family's SAM radius (the authors run 0.2 with SGD on CIFAR)."
+    ),
+  ),
+  OptimizerSpec(
+    "late_sam",
+    _late_sam,
+    "1 before start * total_steps, 2 after (2 - start)",
+    lambda hp, spe: 2.0 - hp["start"],
+    reference=("Zhou et al., ICLR 2025, https://arxiv.org/abs/2410.10373"),
+    notes=(
+      "start 0.875 as the paper's Figure 1 (SAM for epochs 175-200 of 200); "
+      "total_steps is the planned run, which early stopping may cut short."
+    ),
+  ),
 )
 _REGISTRY = {spec.name: spec for spec in _SPECS}
 
@@ -312,8 +462,11 @@ def optimizer_names() -> tuple[str, ...]:
 
   Examples:
     >>> from graphsam_optax import optimizer_names
-    >>> print(" ".join(optimizer_names()))
+    >>> names = optimizer_names()
+    >>> print(" ".join(names[:10]))
     base sam asam graphsam graphsam_authors sam_k sam_one looksam ae_sam rst
+    >>> print(" ".join(names[10:]))
+    msam gsam fsam late_sam
   """
   return tuple(_REGISTRY)
 
@@ -347,6 +500,7 @@ def get_optimizer(
   *,
   steps_per_epoch: int | None = None,
   total_steps: int | None = None,
+  learning_rate: optax.ScalarOrSchedule | None = None,
   **hyperparameters: Any,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The method ``name`` wrapped around ``optimizer``, with paper defaults.
@@ -375,7 +529,10 @@ def get_optimizer(
       per epoch), and by ``sam`` with ``gamma`` < 1 (ρ decay); ignored by the
       others.
     total_steps: the length of training in steps; needed by ``ae_sam`` (its
-      threshold schedule), ignored by the others.
+      threshold schedule) and ``late_sam`` (its switch), used by ``gsam``
+      (with ``learning_rate``), ignored by the others.
+    learning_rate: the base optimizer's learning rate, a float or a
+      schedule; ``gsam`` ties its radius to it, the others ignore it.
     **hyperparameters: overrides of the defaults of ``name``; floats may be
       optax schedules where the method's factory accepts them.
 
@@ -425,6 +582,10 @@ def get_optimizer(
     looksam k=8 alpha=0.2 rho=0.0001
     ae_sam rho=0.05 delta=0.9 lambda1=-1.0 lambda2=1.0
     rst p=0.5 rho=0.05 seed=0
+    msam rho=3.0
+    gsam rho=0.05 rho_min=0.01 alpha=0.2
+    fsam rho=0.05 sigma=1.0 ema_decay=0.95
+    late_sam rho=0.05 start=0.875
   """
   spec = optimizer_spec(name)
   unknown = sorted(set(hyperparameters) - set(spec.defaults))
@@ -434,17 +595,26 @@ def get_optimizer(
       f"unknown hyperparameter(s) {', '.join(unknown)} for optimizer "
       f"{name!r}; valid: {valid}."
     )
-  given = {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
+  given = {
+    "steps_per_epoch": steps_per_epoch,
+    "total_steps": total_steps,
+    "learning_rate": learning_rate,
+  }
+
+  def check(needed):
+    if needed != "learning_rate":  # a float or a schedule
+      _common.check_integer(needed, given[needed], 1, _NEEDS[needed])
+
   for needed in spec.needs:
     if given[needed] is None:
       raise ValueError(
         f"optimizer {name!r} needs {needed}, got {needed}=None: pass "
         f"get_optimizer({name!r}, optimizer, {needed}=...)."
       )
-    _common.check_integer(needed, given[needed], 1, _NEEDS[needed])
+    check(needed)
   needs = {needed: given[needed] for needed in spec.needs}
-  for name in spec.optional_needs:
-    if given[name] is not None:
-      _common.check_integer(name, given[name], 1, _NEEDS[name])
-      needs[name] = given[name]
+  for optional in spec.optional_needs:
+    if given[optional] is not None:
+      check(optional)
+      needs[optional] = given[optional]
   return spec.build(optimizer, **needs, **{**spec.defaults, **hyperparameters})

@@ -56,8 +56,11 @@ def sam(
 
   .. note::
     Gradient passes per step: two, the caller's ``grads`` at ``w`` and one
-    call of ``grad_fn`` at ``w + ε``. ``grad_fn(p)`` is required and must
-    return the gradient of the same minibatch loss at ``p``.
+    call of ``grad_fn`` at ``w + ε``; one on steps where ``ρ_t = 0`` (the
+    ascent point is ``w``), so that a late-phase schedule
+    (:func:`late_phase_schedule`) saves its passes. ``grad_fn(p)`` is
+    required and must return the gradient of the same minibatch loss at
+    ``p``.
 
   Args:
     optimizer: the base optimizer (Adam in the GraphSAM paper), any optax
@@ -128,13 +131,20 @@ def sam(
     **extra_args: Any,
   ) -> tuple[optax.Updates, SAMState]:
     _common.check_call("sam", params, grad_fn)
-    sam_grads = _common.ascent_gradient(
-      updates,
-      params,
-      grad_fn,
-      _common.value_at(rho, state.count),
-      adaptive=adaptive,
-      adaptive_eta=adaptive_eta,
+    rho_now = _common.value_at(rho, state.count)
+    # While rho is zero (a late-phase schedule) the ascent point is w: the
+    # second pass is skipped, its gradient would be `updates`.
+    sam_grads = jax.lax.cond(
+      rho_now > 0,
+      lambda: _common.ascent_gradient(
+        updates,
+        params,
+        grad_fn,
+        rho_now,
+        adaptive=adaptive,
+        adaptive_eta=adaptive_eta,
+      ),
+      lambda: updates,
     )
     new_updates, inner_state = optimizer.update(
       sam_grads, state.inner_state, params, **extra_args

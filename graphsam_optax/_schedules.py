@@ -141,3 +141,120 @@ def compounding_rho_schedule(
     steps_per_epoch,
     lambda decays: decays * (decays + 1) / 2,
   )
+
+
+def late_phase_schedule(
+  rho: optax.ScalarOrSchedule = 0.05,
+  *,
+  total_steps: int,
+  start: float = 0.875,
+) -> optax.Schedule:
+  r"""Late-phase SAM: radius zero until ``start · total_steps``, then ``rho``.
+
+  .. math::
+    \rho_t = \begin{cases} 0 & t < s\,T \\ \rho(t) & t \ge s\,T \end{cases}
+
+  Zhou et al. (2025) find that SAM switched on only for the last part of
+  training (their Figure 1: epochs 175 to 200 of 200, ``start = 0.875``)
+  reaches nearly the generalization and flatness of SAM run throughout. Every
+  method of this library takes ρ as a schedule, so each can run late-phase;
+  SAM, GSAM and F-SAM also skip their second gradient pass while ρ is zero,
+  so the early phase costs what the base optimizer costs.
+
+  ``total_steps`` is the planned length of training; a run stopped early
+  (early stopping) may never reach the late phase.
+
+  Args:
+    rho: the radius of the late phase, a float or a schedule of the step
+      count (>= 0; default 0.05, the family's SAM radius).
+    total_steps: T, the length of training in optimizer steps (>= 1).
+    start: s in [0, 1], the fraction of training before the switch (default
+      0.875, the paper's Figure 1). Step ``t`` is a SAM step when
+      ``t >= s T``: ``0`` is SAM throughout, ``1`` never.
+
+  Returns:
+    An optax schedule mapping the step count to ρ.
+
+  References:
+    Zhou et al., `Sharpness-Aware Minimization Efficiently Selects Flatter
+    Minima Late in Training <https://arxiv.org/abs/2410.10373>`_, ICLR 2025.
+
+  Examples:
+    >>> import graphsam_optax
+    >>> schedule = graphsam_optax.late_phase_schedule(
+    ...     0.05, total_steps=10, start=0.8)
+    >>> [round(float(schedule(t)), 3) for t in range(10)]
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.05, 0.05]
+  """
+  _common.check_rho(rho)
+  _common.check_integer(
+    "total_steps",
+    total_steps,
+    1,
+    "it is the length of training in optimizer steps.",
+  )
+  _common.check_float(
+    "start",
+    start,
+    "it is the fraction of training before SAM is switched on.",
+    low=0,
+    high=1,
+  )
+
+  def schedule(count):
+    late = count >= start * total_steps
+    return jnp.where(late, _common.value_at(rho, count), 0.0)
+
+  return schedule
+
+
+def lr_proportional_schedule(
+  learning_rate: optax.Schedule,
+  *,
+  rho_max: float,
+  rho_min: float,
+  lr_max: float,
+  lr_min: float,
+) -> optax.Schedule:
+  r"""GSAM's radius, tied to the learning rate: linear in ``lr_t``.
+
+  .. math::
+    \rho_t = \rho_{\min} + (\rho_{\max} - \rho_{\min})
+      \frac{\eta_t - \eta_{\min}}{\eta_{\max} - \eta_{\min}}
+
+  As Zhuang et al. (2022) schedule ρ; with ``lr_max == lr_min`` (a constant
+  learning rate) ρ is ``rho_max``, as in the authors' code.
+
+  Args:
+    learning_rate: the base optimizer's learning-rate schedule η.
+    rho_max: ρ at the largest learning rate (>= 0).
+    rho_min: ρ at the smallest learning rate (>= 0).
+    lr_max: the largest learning rate of the schedule.
+    lr_min: the smallest learning rate of the schedule.
+
+  Returns:
+    An optax schedule mapping the step count to ρ.
+
+  References:
+    Zhuang et al., `Surrogate Gap Minimization Improves Sharpness-Aware
+    Training <https://arxiv.org/abs/2203.08065>`_, ICLR 2022.
+
+  Examples:
+    >>> import optax, graphsam_optax
+    >>> lr = optax.linear_schedule(1e-3, 1e-4, transition_steps=9)
+    >>> rho = graphsam_optax.lr_proportional_schedule(
+    ...     lr, rho_max=0.05, rho_min=0.01, lr_max=1e-3, lr_min=1e-4)
+    >>> [round(float(rho(t)), 4) for t in (0, 3, 9)]
+    [0.05, 0.0367, 0.01]
+  """
+  _common.check_rho(rho_max, "rho_max")
+  _common.check_rho(rho_min, "rho_min")
+
+  def schedule(count):
+    span = jnp.asarray(lr_max - lr_min)
+    safe_span = jnp.where(span > 0, span, 1.0)
+    fraction = (learning_rate(count) - lr_min) / safe_span
+    fraction = jnp.where(span > 0, fraction, 1.0)
+    return rho_min + (rho_max - rho_min) * fraction
+
+  return schedule

@@ -302,7 +302,9 @@ def family_key(
     config.optimizer,
     tuple(statics),
     steps_per_epoch,
-    config.epochs if "total_steps" in spec.needs else None,
+    config.epochs
+    if "total_steps" in spec.needs + spec.optional_needs
+    else None,
     config.fast_compile,
   )
 

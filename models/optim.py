@@ -165,8 +165,9 @@ def create_optimizer(
   """
   hyperparameters = optimizer_hyperparameters(config)
   v = {**float_hyperparameters(config), **(values or {})}
+  learning_rate = learning_rate_schedule(config, steps_per_epoch, v)
   base = optax.adam(
-    learning_rate_schedule(config, steps_per_epoch, v),
+    learning_rate,
     b1=v["adam_b1"],
     b2=v["adam_b2"],
     eps=v["adam_eps"],
@@ -179,5 +180,6 @@ def create_optimizer(
     base,
     steps_per_epoch=steps_per_epoch,
     total_steps=steps_per_epoch * config.epochs,
+    learning_rate=learning_rate,  # GSAM ties its radius to it
     **hyperparameters,
   )

@@ -160,7 +160,7 @@ def start_run(
   record, notes = run_dir.check(
     workdir,
     run_dir.config_record(config),
-    fixed_epochs="total_steps" in spec.needs,
+    fixed_epochs="total_steps" in spec.needs + spec.optional_needs,
   )
   data = input_pipeline.data_for(config, data_dir, cache_dir)
   for line in notes + run_dir.start(workdir, record, data):

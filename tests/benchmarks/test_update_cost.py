@@ -22,6 +22,10 @@ EXTRA_TREES = {
   "looksam": 1,  # the sharpness direction
   "ae_sam": 0,
   "rst": 0,
+  "msam": 0,  # Adam's own first moment (and a scalar)
+  "gsam": 0,
+  "fsam": 1,  # the moving average of the gradients
+  "late_sam": 0,
 }
 
 

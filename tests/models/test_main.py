@@ -53,6 +53,19 @@ def no_work(monkeypatch):
     (["--dataset", "bbbp", "--optimizer", "sam", "--rho", "nan"], "--rho"),
     (["--dataset", "bbbp", "--optimizer", "sam", "--rho", "inf"], "--rho"),
     (["--dataset", "bbbp", "--optimizer", "sam_k", "--k", "0"], "--k"),
+    (["--dataset", "bbbp", "--optimizer", "msam", "--alpha", "0.2"], "--alpha"),
+    (
+      ["--dataset", "bbbp", "--optimizer", "fsam", "--ema-decay", "1"],
+      "--ema-decay",
+    ),
+    (
+      ["--dataset", "bbbp", "--optimizer", "late_sam", "--start", "2"],
+      "--start",
+    ),
+    (
+      ["--dataset", "bbbp", "--optimizer", "gsam", "--rho-min", "-1"],
+      "--rho-min",
+    ),
     (["--dataset", "bbbp", "--seed", "1", "--seeds", "1", "2"], "--seeds"),
     (["--dataset", "bbbp", "--data", str(OWN)], "--data"),
     (["--dataset", "bbbp", "--target-columns", "a"], "--target-columns"),
@@ -323,6 +336,30 @@ def test_changed_data_file_is_refused(finished_run, tmp_path, capsys):
   argv = ["--data", str(changed), *OWN_ARGS[2:], "--epochs", "2"]
   assert run_cli(argv + ["--out", str(out)]) == 1
   assert f"{changed} has changed since {out} started" in one_line_error(capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "flags",
+  [
+    ["--optimizer", "msam", "--rho", "1.0"],
+    ["--optimizer", "gsam", "--rho-min", "0.02", "--alpha", "0.3"],
+    ["--optimizer", "fsam", "--sigma", "0.5", "--ema-decay", "0.9"],
+    ["--optimizer", "late_sam", "--start", "0.5"],
+  ],
+  ids=lambda flags: flags[1],
+)
+def test_efficient_sam_family_trains_from_the_command_line(
+  flags, tmp_path, capsys
+):
+  out = tmp_path / "run"
+  assert run_cli(OWN_ARGS + flags + ["--epochs", "2", "--out", str(out)]) == 0
+  config = json.loads((out / "config.json").read_text())
+  assert config["optimizer"] == flags[1]
+  given = dict(zip(flags[2::2], flags[3::2], strict=True))
+  for flag, value in given.items():
+    key = flag[2:].replace("-", "_")
+    assert config["hyperparameters"][key] == float(value)
 
 
 @pytest.mark.slow

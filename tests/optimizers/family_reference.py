@@ -16,6 +16,7 @@ import optax
 
 from tests.optimizers.graphsam_reference import SGD
 from tests.optimizers.graphsam_reference import Adam
+from tests.optimizers.graphsam_reference import MomentumSGD
 from tests.optimizers.graphsam_reference import add
 from tests.optimizers.graphsam_reference import global_norm
 from tests.optimizers.graphsam_reference import normalized
@@ -204,6 +205,10 @@ def run(tx, steps, *, jit=True, dtype=jnp.float32, scale=1.0):
 BASES = {
   "sgd": (lambda: optax.sgd(0.5), lambda: SGD(0.5)),
   "adam": (lambda: optax.adam(0.05), lambda: Adam(0.05)),
+  "momentum": (
+    lambda: optax.sgd(0.1, momentum=0.9),
+    lambda: MomentumSGD(0.1, 0.9),
+  ),
 }
 
 

@@ -31,6 +31,20 @@ class SGD:
     return add(w, g, -self.lr)
 
 
+class MomentumSGD:
+  """optax.sgd(lr, momentum): trace = g + mu trace, w -= lr trace."""
+
+  def __init__(self, lr, momentum=0.9):
+    self.lr, self.mu = lr, momentum
+    self.m = None
+
+  def step(self, w, g):
+    if self.m is None:
+      self.m = {k: np.zeros_like(v) for k, v in w.items()}
+    self.m = add(g, self.m, self.mu)
+    return add(w, self.m, -self.lr)
+
+
 class Adam:
   """optax.adam: bias-corrected moments, eps outside the square root."""
 

@@ -24,8 +24,9 @@ from tests.optimizers import family_reference as ref
 
 NAMES = optimizer_names()
 STEPS_PER_EPOCH, STEPS = 5, 10
-# Periodic methods recompute every 5 steps, so 10 steps hold whole periods.
-PERIOD = {"k": STEPS_PER_EPOCH}
+# Periodic methods recompute every 5 steps, so 10 steps hold whole periods;
+# late-phase SAM switches at step 8 of 10, so its mean passes are exact.
+PERIOD = {"k": STEPS_PER_EPOCH, "start": 0.8}
 
 
 def build(name):
@@ -53,6 +54,10 @@ def test_names():
     "looksam",
     "ae_sam",
     "rst",
+    "msam",
+    "gsam",
+    "fsam",
+    "late_sam",
   )
 
 
@@ -81,6 +86,14 @@ def test_paper_defaults():
     "lambda2": 1.0,
   }
   assert optimizer_spec("rst").defaults["p"] == 0.5
+  assert optimizer_spec("msam").defaults == {"rho": 3.0}
+  assert optimizer_spec("fsam").defaults == {
+    "rho": 0.05,
+    "sigma": 1.0,
+    "ema_decay": 0.95,
+  }
+  assert optimizer_spec("gsam").defaults["alpha"] == 0.2
+  assert optimizer_spec("late_sam").defaults["start"] == 0.875
   graphsam = optimizer_spec("graphsam").defaults
   assert (graphsam["rho"], graphsam["beta"], graphsam["gamma"]) == (
     0.05,
@@ -101,6 +114,10 @@ FACTORIES = {
   "looksam": (graphsam_optax.looksam,),
   "ae_sam": (graphsam_optax.ae_sam,),
   "rst": (graphsam_optax.rst,),
+  "msam": (graphsam_optax.msam,),
+  "gsam": (graphsam_optax.gsam,),
+  "fsam": (graphsam_optax.fsam,),
+  "late_sam": (graphsam_optax.late_phase_schedule,),
 }
 
 
@@ -300,6 +317,20 @@ def test_sam_with_gamma_needs_steps_per_epoch():
   with pytest.raises(ValueError, match="gamma=0.5 needs steps_per_epoch"):
     get_optimizer("sam", optax.adam(1e-3), gamma=0.5)
   assert optimizer_spec("sam").optional_needs == ("steps_per_epoch",)
+
+
+def test_learning_rate_is_an_optional_need_of_gsam_only():
+  assert optimizer_spec("gsam").optional_needs == (
+    "learning_rate",
+    "total_steps",
+  )
+  for name in NAMES:
+    if name != "gsam":
+      assert "learning_rate" not in optimizer_spec(name).optional_needs
+  # Others ignore it.
+  get_optimizer(
+    "sam", optax.adam(1e-3), learning_rate=optax.constant_schedule(1.0)
+  )
 
 
 def test_rho_schedule_is_used_as_is_by_graphsam():
