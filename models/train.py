@@ -38,6 +38,7 @@ import functools
 import json
 import math
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -64,6 +65,7 @@ from models import input_pipeline
 from models import model as model_lib
 from models import parallel
 from models import run_dir
+from models import splits
 from models.configs import default
 
 OPTIMIZERS = ("adam",) + tuple(
@@ -548,6 +550,19 @@ def prepare_data(
       for p in parts
     ]
   split = type(data.split)(*parts)
+  # What the caps left out, then whether the parts can train and test.
+  note = splits.describe_subset(
+    data.split, split, n_atoms, config.max_molecule_atoms, config.max_molecules
+  )
+  if note:
+    warnings.warn(f"{data.dataset.name}: {note}", stacklevel=2)
+  fixed = config.split_file is not None or config.split == "fixed"
+  splits.check_split(
+    split,
+    config.batch_size,
+    config.drop_last,
+    None if fixed else config.split_sizes,
+  )
   scaler, budgets = data.scaler, data.budgets
   if split is not data.split and scaler is not None:
     scaler = input_pipeline.TargetScaler.fit(data.dataset.labels[split.train])
