@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from models import datasets
 from models import splits
 from models.configs import default
 
@@ -139,13 +140,13 @@ def check(
     if parent.exists():
       if not parent.is_dir():
         raise RunDirError(
-          f"{parent} is a file, not a directory; choose another output "
-          "directory"
+          f"{datasets.shown_path(parent)} is a file, not a directory; choose "
+          "another output directory"
         )
       if not os.access(parent, os.W_OK | os.X_OK):
         raise RunDirError(
-          f"cannot write to {parent} (permission denied); choose another "
-          "output directory"
+          f"cannot write to {datasets.shown_path(parent)} (permission "
+          "denied); choose another output directory"
         )
       break
   config_file = workdir / CONFIG

@@ -449,3 +449,15 @@ def test_test_config_says_what_its_caps_leave_out(tmp_path):
     "2 molecules over 32 atoms left out"
   )
   assert len(data.split.train) == 160
+
+
+def test_output_file_error_shows_the_path_as_given(
+  tmp_path, capsys, monkeypatch
+):
+  monkeypatch.chdir(tmp_path)
+  Path("out").write_text("")
+  argv = ["--dataset", "nci5k-tpsa", "--config", "test", "--out", "out/run"]
+  assert run_cli(argv) == 1
+  assert one_line_error(capsys).endswith(
+    "error: out is a file, not a directory; choose another output directory"
+  )
