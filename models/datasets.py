@@ -1045,7 +1045,8 @@ def _infer_task(shown: str, targets: Sequence[str], labels) -> str:
     f"{shown}: {_listed(binary)} {verb} only 0/1 labels "
     f"(classification), {_listed(other)} other numbers (regression), and "
     "a run learns one kind; train them separately (target_columns="
-    f"{binary!r}, then {other!r}), or set task_type='regression' to fit "
+    f"{binary!r}, then target_columns={other!r}), or set "
+    "task_type='regression' to fit "
     "the 0/1 labels as numbers"
   )
 
