@@ -3,7 +3,9 @@
 :func:`run` runs a command's body so that a failure ends in a line or a few
 (``prog: error: ...``, naming the file, row, column, flag or epoch, as the
 error's message does) and a non-zero exit status instead of a traceback
-(``--debug`` shows it), and warnings print as ``prog: warning: ...``.
+(``--debug`` shows it), and warnings print as ``prog: warning: ...``. The
+library's messages name Python arguments (``task_type='regression'``); a
+command shows them as its flags (``--task regression``, :func:`as_flags`).
 Nothing heavy is imported here: ``--help`` must stay fast.
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
@@ -23,10 +27,50 @@ _USER_ERRORS = (
   ("models.datasets", "ChecksumError"),
   ("models.featurization", "InvalidSmilesError"),
   ("models.splits", "SplitFileError"),
+  ("models.splits", "SplitSizeError"),
   ("models.run_dir", "RunDirError"),
   ("models.train", "NonFiniteLossError"),
 )
 INTERRUPTED = 130  # the shell's status for Ctrl-C
+# Python arguments that library messages name (``task_type='regression'``)
+# and the flags that set them, so that a command's user reads flags.
+FLAGS = {
+  "batch_size": "--batch-size",
+  "data_dir": "--data-dir",
+  "header": "--no-header",
+  "smiles_column": "--smiles-column",
+  "split_sizes": "--split-sizes",
+  "target_columns": "--target-columns",
+  "task_type": "--task",
+}
+_ARGUMENT = re.compile(
+  r"\b(" + "|".join(FLAGS) + r")=(\[[^\]]*\]|\([^)]*\)|<[^>]*>|'[^']*'|"
+  r"[\w.+-]+)"
+)
+
+
+def as_flags(message: str) -> str:
+  """``message`` with the Python arguments it names written as flags.
+
+  Examples:
+    >>> as_flags("pass target_columns=['a', 'b c'] or task_type='regression'")
+    "pass --target-columns a 'b c' or --task regression"
+    >>> as_flags("pass data_dir=<that directory>, or header=False")
+    'pass --data-dir <that directory>, or --no-header'
+  """
+
+  def flag(match: re.Match) -> str:
+    name, value = match.groups()
+    if name == "header":
+      return FLAGS[name]
+    if value[0] in "[(":
+      items = [v.strip().strip("'\"") for v in value[1:-1].split(",")]
+      value = " ".join(shlex.quote(v) for v in items if v)
+    elif value[0] == "'":
+      value = shlex.quote(value[1:-1])
+    return f"{FLAGS[name]} {value}"
+
+  return _ARGUMENT.sub(flag, message)
 
 
 def finite_float(text: str) -> float:
@@ -83,7 +127,7 @@ def _user_error(error: BaseException) -> bool:
 def describe(error: BaseException) -> str:
   """The message shown for ``error``: its own, or its type and first line."""
   if _user_error(error):
-    return str(error)
+    return as_flags(str(error))
   first = (str(error).strip().splitlines() or [""])[0]
   return (
     f"{type(error).__name__}: {first}".rstrip(": ")
@@ -112,7 +156,8 @@ def run(
   def show(message, category, filename, lineno, file=None, line=None):
     if str(message) not in shown:
       shown.add(str(message))
-      print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+      text = as_flags(str(message))
+      print(f"{prog}: warning: {text}", file=sys.stderr, flush=True)
 
   with warnings.catch_warnings():
     warnings.showwarning = show

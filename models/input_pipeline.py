@@ -653,6 +653,19 @@ def data_for(
       for p in parts
     ]
   split = type(data.split)(*parts)
+  # What the caps left out, then whether the parts can train and test.
+  note = splits.describe_subset(
+    data.split, split, n_atoms, config.max_molecule_atoms, config.max_molecules
+  )
+  if note:
+    warnings.warn(f"{data.dataset.name}: {note}", stacklevel=2)
+  fixed = config.split_file is not None or config.split == "fixed"
+  splits.check_split(
+    split,
+    config.batch_size,
+    config.drop_last,
+    None if fixed else config.split_sizes,
+  )
   scaler, budgets = data.scaler, data.budgets
   if split is not data.split and scaler is not None:
     scaler = TargetScaler.fit(data.dataset.labels[split.train])

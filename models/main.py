@@ -231,13 +231,17 @@ def _csv_config(parser, args, config: default.Config) -> default.Config:
   except datasets.MissingColumnError as e:
     flag = "--smiles-column" if e.role == "smiles" else "--target-columns"
     parser.error(f"argument {flag}: {e}")
+  said = []
+  if spec.delimiter != ",":
+    said.append(f"{datasets.DELIMITER_NAMES[spec.delimiter]}-separated")
   if args.task is None:
-    print(
-      f"{args.data}: task {spec.task_type}, inferred from the labels ("
-      + ("all" if spec.task_type == "classification" else "not all")
-      + " 0 or 1; --task sets it)",
-      flush=True,
+    said.append(
+      f"task {spec.task_type}, inferred from the labels ("
+      + ("each column" if spec.task_type == "classification" else "no column")
+      + " holds only 0 and 1; --task sets it)"
     )
+  if said:
+    print(f"{args.data}: {'; '.join(said)}", flush=True)
   return config.replace(
     dataset=spec.name,
     data_file=spec.path,
@@ -297,6 +301,13 @@ def parse_config(
         f"argument --devices: {args.devices} > the {jax.device_count()} "
         "devices JAX sees"
       )
+  if args.seeds is not None:
+    for seed in dict.fromkeys(args.seeds):
+      if args.seeds.count(seed) > 1:
+        parser.error(
+          f"argument --seeds: seed {seed} is given twice; each seed trains "
+          "one run, so list each once"
+        )
   if args.data_dir is not None and not args.data_dir.is_dir():
     parser.error(f"argument --data-dir: {args.data_dir} is not a directory")
   name = f"{config.dataset}-{config.optimizer}-{args.config}"
@@ -342,8 +353,9 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
       )
     except datasets.ChecksumError as e:
       spec = datasets.get_spec(config.dataset)
+      reason = str(e).replace(" Pass verify=False to use this file anyway.", "")
       raise datasets.ChecksumError(
-        f"{e} To train on this file anyway, pass it as your own data: "
+        f"{reason} To train on this file anyway, pass it as your own data: "
         f"--data <file> --smiles-column {spec.smiles_column!r} "
         f"--target-columns {' '.join(map(repr, spec.target_columns))}"
       ) from e

@@ -19,9 +19,21 @@ From a shell::
 then one column per target (probabilities for classification, original units
 for regression) holding the ensemble mean, and with several runs
 ``<target>_std`` and ``<target>_model_<i>`` for run ``i`` (chemprop's names),
-then ``prediction_error``: empty, or why the row's SMILES could not be used
-(its prediction cells are then empty). A prediction column whose name an
-input column already has gets the suffix ``_pred``.
+then ``in_domain``: ``yes``, ``no`` or ``unknown``, whether the molecule is
+inside the runs' applicability domain (:mod:`models.domain`), and
+``domain_reason``: why not (more atoms than any training molecule, an
+element or bond never seen in training, too far from every training
+molecule), then ``prediction_error``: empty, or why the row's SMILES could
+not be used (its prediction cells are then empty). A prediction column whose
+name an input column already has gets the suffix ``_pred``.
+
+The SMILES column is the runs' (or ``--smiles-column``), matched exactly,
+else in any case if only one column matches. A file without a header row
+(a ``.smi`` file, or one whose first cell is a molecule; ``--no-header``
+says so) has its SMILES first. Commas, semicolons and tabs (spaces too in
+``.smi`` and ``.txt`` files) separate cells. A cell of
+``datasets.MISSING_VALUES`` (empty, ``NA``, ``n/a``, ``?``, ``-``...) is no
+SMILES. When no row can be predicted the command fails (status 1).
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import dataclasses
 import io
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +54,7 @@ from models import cli
 from models import run_dir
 
 ERROR_COLUMN = "prediction_error"
+DOMAIN_COLUMNS = ("in_domain", "domain_reason")
 FLOAT_FORMAT = "%.7g"  # the model computes in float32
 # Molecules from which a progress bar is shown (on a terminal).
 PROGRESS_FROM = 1000
@@ -96,7 +110,18 @@ def logits(
   return np.concatenate(out)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+class UnusedSmilesWarning(UserWarning):
+  """Some SMILES could not be used (none, or RDKit cannot parse them); their
+  predictions are NaN."""
+
+
+def _missing_reason(smiles: str) -> str:
+  return "no SMILES (" + (
+    f"missing value {smiles.strip()!r})" if smiles.strip() else "empty cell)"
+  )
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Ensemble:
   """Loaded runs that predict together (one run is an ensemble of one).
 
@@ -106,6 +131,19 @@ class Ensemble:
 
   runs: tuple[run_dir.SavedModel, ...]
 
+  def __repr__(self) -> str:
+    directories = [str(r.directory) for r in self.runs]
+    where = (
+      directories[0]
+      if len(directories) == 1
+      else os.path.commonpath(directories)
+    )
+    count = f"{len(self.runs)} run{'s' * (len(self.runs) > 1)}"
+    return (
+      f"Ensemble({count} of {where or '.'}: {self.task_type}, targets "
+      f"{self.targets})"
+    )
+
   @property
   def targets(self) -> tuple[str, ...]:
     return self.runs[0].targets
@@ -113,6 +151,54 @@ class Ensemble:
   @property
   def task_type(self) -> str:
     return self.runs[0].task_type
+
+  def _featurize(self, smiles: list[str], progress):
+    """Featurized SMILES, their positions, and the unused ones (missing
+    values and SMILES RDKit cannot parse), in input order."""
+    from models import datasets
+    from models import featurization
+
+    usable = [i for i, s in enumerate(smiles) if not datasets.is_missing(s)]
+    featurized = featurization.featurize_smiles(
+      [smiles[i] for i in usable], progress=progress
+    )
+    kept = np.asarray(usable, np.int64)[featurized.kept]
+    unused = [
+      featurization.DroppedMolecule(i, s, _missing_reason(s))
+      for i, s in enumerate(smiles)
+      if datasets.is_missing(s)
+    ] + [
+      dataclasses.replace(d, index=usable[d.index]) for d in featurized.dropped
+    ]
+    return featurized.graphs, kept, tuple(sorted(unused, key=lambda d: d.index))
+
+  def _predict(self, smiles, batch_size, progress, with_domain: bool):
+    from models import domain
+
+    smiles = list(smiles)
+    graphs, kept, dropped = self._featurize(smiles, progress)
+    out = np.full((len(self.runs), len(smiles), len(self.targets)), np.nan)
+    for k, run in enumerate(self.runs):
+      raw = logits(run, graphs, batch_size=batch_size, progress=progress)
+      if run.task_type == "classification":
+        values = 1.0 / (1.0 + np.exp(-raw.astype(np.float64)))
+      else:
+        scaler = run.scaler_arrays()
+        values = raw if scaler is None else raw * scaler[1] + scaler[0]
+      out[k, kept] = values
+    if not with_domain:
+      return out, dropped, None
+    used = [smiles[i] for i in kept]
+    found = domain.combine(
+      [domain.check(run.domain, used, graphs) for run in self.runs]
+    )
+    n = len(smiles)
+    applicability = domain.Applicability(
+      np.full(n, "", object), np.full(n, "", object), np.full(n, np.nan)
+    )
+    for full, part in zip(applicability, found, strict=True):
+      full[kept] = part
+    return out, dropped, applicability
 
   def predict_runs(
     self,
@@ -128,41 +214,58 @@ class Ensemble:
 
     Returns:
       f64[R, N, T] per-run predictions (probabilities, or original units),
-      NaN for the SMILES RDKit cannot parse; and those, as
-      ``featurization.DroppedMolecule`` (index into ``smiles``, reason).
+      NaN for the SMILES that cannot be used (a missing value, or one RDKit
+      cannot parse); and those, as ``featurization.DroppedMolecule`` (index
+      into ``smiles``, reason).
     """
-    from models import featurization
-
-    smiles = list(smiles)
-    featurized = featurization.featurize_smiles(smiles, progress=progress)
-    out = np.full((len(self.runs), len(smiles), len(self.targets)), np.nan)
-    for k, run in enumerate(self.runs):
-      raw = logits(
-        run, featurized.graphs, batch_size=batch_size, progress=progress
-      )
-      if run.task_type == "classification":
-        values = 1.0 / (1.0 + np.exp(-raw.astype(np.float64)))
-      else:
-        scaler = run.scaler_arrays()
-        values = raw if scaler is None else raw * scaler[1] + scaler[0]
-      out[k, featurized.kept] = values
-    return out, featurized.dropped
+    out, dropped, _ = self._predict(smiles, batch_size, progress, False)
+    return out, dropped
 
   def predict(
     self,
     smiles: Sequence[str],
     *,
     return_std: bool = False,
+    return_domain: bool = False,
     progress: bool | None = None,
   ):
-    """f64[N, T] ensemble mean (NaN rows for unparseable SMILES).
+    """f64[N, T] ensemble mean (NaN rows for SMILES that cannot be used).
 
-    With ``return_std`` also the standard deviation across runs (ddof 0;
-    zeros for a single run), as ``(mean, std)``.
+    An :class:`UnusedSmilesWarning` names the SMILES that cannot be used
+    (their index, the SMILES and why).
+
+    Args:
+      smiles: the molecules.
+      return_std: also return the standard deviation across runs (ddof 0;
+        zeros for a single run).
+      return_domain: also return a ``models.domain.Applicability``: whether
+        each molecule is inside the runs' applicability domain, and why not.
+      progress: progress bars (None: for large sets on a terminal).
+
+    Returns:
+      ``mean``, or ``(mean, std)``, ``(mean, applicability)`` or
+      ``(mean, std, applicability)``.
     """
-    per_run, _ = self.predict_runs(smiles, progress=progress)
-    mean = per_run.mean(0)
-    return (mean, per_run.std(0)) if return_std else mean
+    per_run, dropped, applicability = self._predict(
+      smiles, None, progress, return_domain
+    )
+    if dropped:
+      warnings.warn(
+        f"{len(dropped)} of {per_run.shape[1]} SMILES cannot be used; their "
+        "rows are NaN:\n"
+        + "\n".join(
+          f"  index {d.index}: {d.smiles!r} ({d.reason})" for d in dropped[:3]
+        )
+        + (f"\n  ... and {len(dropped) - 3} more" if len(dropped) > 3 else ""),
+        UnusedSmilesWarning,
+        stacklevel=2,
+      )
+    out = [per_run.mean(0)]
+    if return_std:
+      out.append(per_run.std(0))
+    if return_domain:
+      out.append(applicability)
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def load(runs: str | os.PathLike | Sequence[str | os.PathLike]) -> Ensemble:
@@ -250,8 +353,14 @@ def make_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--smiles-column",
-    help="default: the runs' SMILES column if the file has it, else its "
-    "first column",
+    help="default: the runs' SMILES column (in any case, if only one "
+    "column matches), or the only column",
+  )
+  parser.add_argument(
+    "--no-header",
+    action="store_true",
+    help="the file has no header row: its first column is the SMILES "
+    "(default: so when its first cell is a molecule)",
   )
   parser.add_argument("--out", required=True, type=Path, help="output CSV")
   parser.add_argument(
@@ -275,6 +384,64 @@ def _output_columns(
   return [[c + "_pred" if c in taken else c for c in g] for g in groups]
 
 
+def _smiles_column(
+  columns: Sequence[str], wanted: str, *, given: bool
+) -> tuple[str | None, str]:
+  """The column of SMILES among ``columns``: ``wanted`` exactly, else in
+  any case if only one column matches, else (not ``given``) the only
+  column. Returns it, or None and why."""
+  if wanted in columns:
+    return wanted, ""
+  close = [c for c in columns if c.lower() == wanted.lower()]
+  if len(close) == 1:
+    return close[0], ""
+  if close:
+    return None, (
+      f"columns {' and '.join(map(repr, close))} both match {wanted!r} but "
+      "for case; name one with --smiles-column"
+    )
+  if len(columns) == 1 and not given:
+    return columns[0], ""
+  return None, (
+    f"has no column {wanted!r} (its columns: {', '.join(map(repr, columns))})"
+    "; name the SMILES column with --smiles-column"
+  )
+
+
+def _read_molecules(parser, args, trained: str):
+  """The input table, its SMILES column and how it was read."""
+  from models import datasets
+
+  delimiter = datasets.sniff_delimiter(args.smiles)
+  header = not args.no_header and datasets.has_header(
+    args.smiles, delimiter, [trained, args.smiles_column or trained]
+  )
+  table = datasets.read_rows(
+    args.smiles, header=header, strip=False, delimiter=delimiter
+  )
+  how = []
+  if not header:
+    names = ["smiles"] + [f"column_{i + 1}" for i in range(1, table.shape[1])]
+    table.columns = names
+    how.append("no header row, SMILES first")
+  if delimiter != ",":
+    how.append(f"{datasets.DELIMITER_NAMES[delimiter]}-separated")
+  if table.empty:
+    raise datasets.DataFileError(
+      f"{datasets.shown_path(args.smiles)} has no data rows"
+    )
+  if not header:
+    return table, "smiles", how
+  column, why = _smiles_column(
+    list(table.columns),
+    args.smiles_column or trained,
+    given=args.smiles_column is not None,
+  )
+  if column is None:
+    parser.error(f"argument --smiles-column: {args.smiles} {why}")
+  return table, column, how
+
+
 def _predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
   from models import datasets
 
@@ -283,23 +450,22 @@ def _predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
   if args.out.is_dir():
     parser.error(f"argument --out: {args.out} is a directory; name a file")
   ensemble = load(args.run)
-  table = datasets.read_rows(args.smiles, strip=False)
-  if table.empty:
-    raise datasets.DataFileError(f"{args.smiles} has no data rows")
-  column = args.smiles_column
-  if column is None:
-    trained = ensemble.runs[0].meta["smiles_column"]
-    column = trained if trained in table else table.columns[0]
-  elif column not in table:
-    parser.error(
-      f"argument --smiles-column: {args.smiles} has no column {column!r} "
-      f"(its columns: {', '.join(map(repr, table.columns))})"
-    )
+  trained = ensemble.runs[0].meta["smiles_column"]
+  table, column, how = _read_molecules(parser, args, trained)
   smiles = table[column].str.strip().tolist()
   progress = False if args.no_progress else None
-  per_run, dropped = ensemble.predict_runs(
-    smiles, batch_size=args.batch_size, progress=progress
+  per_run, dropped, domain = ensemble._predict(
+    smiles, args.batch_size, progress, with_domain=True
   )
+  lines = table.index.to_numpy()
+  if len(dropped) == len(smiles):
+    first = dropped[0]
+    raise datasets.DataFileError(
+      f"none of the {len(smiles)} rows of {args.smiles} has a SMILES that "
+      f"can be used (column {column!r}; line {lines[first.index]}: "
+      f"{first.smiles!r}, {first.reason}); name the SMILES column with "
+      "--smiles-column"
+    )
   groups = _output_columns(ensemble.targets, len(per_run), list(table))
   values = [per_run.mean(0)]
   if len(per_run) > 1:
@@ -308,28 +474,44 @@ def _predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
   for names, block in zip(groups, values, strict=True):
     for name, column_values in zip(names, block.T, strict=True):
       out[name] = column_values
+  extra = [c + "_pred" if c in table else c for c in DOMAIN_COLUMNS]
+  out[extra[0]], out[extra[1]] = domain.in_domain, domain.reason
   out[ERROR_COLUMN] = ""
   for d in dropped:
-    out.loc[d.index, ERROR_COLUMN] = f"SMILES not parsed: {d.reason}"
+    out.loc[d.index, ERROR_COLUMN] = (
+      d.reason
+      if d.reason.startswith("no SMILES")
+      else f"SMILES not parsed: {d.reason}"
+    )
   text = io.StringIO()
   out.to_csv(text, index=False, float_format=FLOAT_FORMAT)
   args.out.parent.mkdir(parents=True, exist_ok=True)
   run_dir.write_text(args.out, text.getvalue())
   if dropped:
-    lines = table.index.to_numpy()
     print(
       f"{parser.prog}: {len(dropped)} of {len(smiles)} rows of {args.smiles} "
-      f"have a SMILES RDKit cannot parse; their predictions are empty (why: "
-      f"column {ERROR_COLUMN}):\n"
+      f"have no SMILES or one RDKit cannot parse; their predictions are "
+      f"empty (why: column {ERROR_COLUMN}):\n"
       + datasets.describe_rows(
         [(int(lines[d.index]), d.smiles, d.reason) for d in dropped]
       ),
       file=sys.stderr,
     )
   renamed = [c for g in groups for c in g if c.endswith("_pred")]
+  renamed += [c for c in extra if c.endswith("_pred")]
+  outside = int((domain.in_domain == "no").sum())
+  unknown = int((domain.in_domain == "unknown").sum())
   print(
     f"{len(smiles) - len(dropped)} of {len(smiles)} molecules predicted by "
-    f"{len(per_run)} run{'s' if len(per_run) > 1 else ''} -> {args.out}"
+    f"{len(per_run)} run{'s' if len(per_run) > 1 else ''}"
+    + f" ({args.smiles}: {', '.join(how)})" * bool(how)
+    + f", {outside} outside the training domain (column in_domain)"
+    + (
+      f", {unknown} of unknown domain (runs trained before domain records; "
+      "retrain them to know)"
+    )
+    * bool(unknown)
+    + f" -> {args.out}"
     + (
       f" (renamed, as the input has them: {', '.join(renamed)})" * bool(renamed)
     ),

@@ -16,18 +16,24 @@ A run directory holds
 ``params.msgpack``    the best epoch's clean weights (``eval_params``), in
                       ``flax.serialization`` msgpack, loadable without a model
 ``summary.json``      the test metric and run statistics
+``domain.json``       the applicability domain of the training molecules
+                      (:mod:`models.domain`): most atoms, seen atom and bond
+                      values, the similarity threshold; with
+                      ``domain_fingerprints.npz``, their Morgan fingerprints
 ====================  =========================================================
 
-``model.json`` and ``params.msgpack`` are written when the run finishes; with
-``config.json`` they are all :mod:`models.predict` reads. Every check here
-raises :class:`RunDirError` with a message that names the file and says what
-to do, before any training starts where it can.
+``model.json``, ``params.msgpack`` and the domain are written when the run
+finishes; with ``config.json`` they are all :mod:`models.predict` reads (a
+run without the domain, from before it existed, still predicts). Every check
+here raises :class:`RunDirError` with a message that names the file and says
+what to do, before any training starts where it can.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -39,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from models import datasets
 from models import splits
 from models.configs import default
 
@@ -134,13 +141,13 @@ def check(
     if parent.exists():
       if not parent.is_dir():
         raise RunDirError(
-          f"{parent} is a file, not a directory; choose another output "
-          "directory"
+          f"{datasets.shown_path(parent)} is a file, not a directory; choose "
+          "another output directory"
         )
       if not os.access(parent, os.W_OK | os.X_OK):
         raise RunDirError(
-          f"cannot write to {parent} (permission denied); choose another "
-          "output directory"
+          f"cannot write to {datasets.shown_path(parent)} (permission "
+          "denied); choose another output directory"
         )
       break
   config_file = workdir / CONFIG
@@ -307,11 +314,13 @@ def checkpoint_error(directory: Path, error: BaseException) -> CheckpointError:
 
 
 def save_model(workdir: Path, data, params, best_epoch: int) -> None:
-  """Writes ``model.json`` and ``params.msgpack``: all prediction needs.
+  """Writes ``model.json``, ``params.msgpack`` and the applicability domain
+  (:mod:`models.domain`): all prediction needs.
 
   Args:
     workdir: the run directory.
-    data: the run's ``input_pipeline.PreparedData`` (task, targets, scaler).
+    data: the run's ``input_pipeline.PreparedData`` (task, targets, scaler;
+      the training and validation molecules for the domain).
     params: the clean weights to predict with (the best epoch's).
     best_epoch: the epoch they are from.
   """
@@ -319,6 +328,7 @@ def save_model(workdir: Path, data, params, best_epoch: int) -> None:
   import rdkit
   from flax import serialization
 
+  from models import domain
   from models import featurization
 
   spec = data.dataset.spec
@@ -337,6 +347,14 @@ def save_model(workdir: Path, data, params, best_epoch: int) -> None:
     "best_epoch": int(best_epoch),
     "params": PARAMS,
   }
+  dataset = data.dataset
+  domain.save(
+    workdir,
+    domain.fit(
+      dataset.smiles, dataset.graphs, data.split.train, data.split.valid
+    ),
+    write_text,
+  )
   weights = serialization.msgpack_serialize(jax.device_get(params))
   fd, tmp = tempfile.mkstemp(dir=workdir, prefix=f".{PARAMS}.")
   with os.fdopen(fd, "wb") as f:
@@ -403,8 +421,15 @@ class SavedModel:
 
   directory: Path
   config: default.Config
-  meta: dict
-  params: Any
+  meta: dict = dataclasses.field(repr=False)
+  params: Any = dataclasses.field(repr=False)
+
+  @functools.cached_property
+  def domain(self):
+    """The run's ``models.domain.Domain``, None if it predates them."""
+    from models import domain
+
+    return domain.load(self.directory)
 
   @property
   def targets(self) -> tuple[str, ...]:

@@ -376,3 +376,112 @@ def split_rows(split: Split, rows: np.ndarray) -> dict[str, list[int]]:
     name: [int(r) for r in np.asarray(rows)[part]]
     for name, part in zip(("train", "valid", "test"), split, strict=True)
   }
+
+
+class SplitSizeError(ValueError):
+  """A split leaves a part empty, or too few molecules for one batch."""
+
+
+def _fractions(sizes: Sequence[float]) -> str:
+  return "/".join(f"{f:g}" for f in sizes)
+
+
+def check_split(
+  split: Split,
+  batch_size: int,
+  drop_last: bool = True,
+  sizes: Sequence[float] | None = None,
+) -> None:
+  """Refuses, before any training, a split that cannot train and test.
+
+  Every part needs a molecule (early stopping reads the validation part,
+  the metric the test part), and with ``drop_last`` the training part
+  needs a whole batch.
+
+  Args:
+    split: the parts.
+    batch_size: molecules per training batch.
+    drop_last: whether the last partial training batch is dropped.
+    sizes: the fractions the split was made with, to suggest larger ones
+      (None: a fixed split, nothing to suggest).
+
+  Raises:
+    SplitSizeError: naming the counts and what to change.
+
+  Examples:
+    >>> five = Split(np.arange(5), np.arange(0), np.arange(0))
+    >>> check_split(five, 2, sizes=(0.8, 0.1, 0.1))
+    Traceback (most recent call last):
+    ...
+    models.splits.SplitSizeError: 5 molecules split 0.8/0.1/0.1 give 5 \
+training, 0 validation and 0 test molecules, and every part needs one: use \
+more molecules, or split_sizes=(0.6, 0.2, 0.2)
+  """
+  counts = [len(p) for p in split]
+  n = sum(counts)
+  if min(counts) == 0:
+    what = (
+      f"{n} molecules split {_fractions(sizes)}"
+      if sizes is not None
+      else f"the split of {n} molecules"
+    )
+    fix = "use more molecules"
+    if sizes is not None:
+      share = math.ceil(100 / max(n, 1)) / 100
+      share = max(share, *sizes[1:])
+      if n >= 3 and 1 - 2 * share > 0:
+        fix += f", or split_sizes=({1 - 2 * share:.2g}, {share:g}, {share:g})"
+      else:
+        fix = "use 3 molecules or more"
+    else:
+      fix += ", or list some in every part"
+    raise SplitSizeError(
+      f"{what} give{'s' * (sizes is None)} {counts[0]} training, "
+      f"{counts[1]} validation and {counts[2]} test molecules, and every "
+      f"part needs one: {fix}"
+    )
+  if drop_last and counts[0] < batch_size:
+    raise SplitSizeError(
+      f"the {counts[0]} training molecules make no whole batch of "
+      f"{batch_size} (the last partial batch is dropped): batch_size="
+      f"{counts[0]} or less, or more molecules"
+    )
+
+
+def describe_subset(
+  before: Split,
+  after: Split,
+  n_atoms: np.ndarray,
+  max_atoms: int | None,
+  max_molecules: int | None,
+) -> str:
+  """What a config's caps left out, in a line; "" when nothing.
+
+  Args:
+    before: the split of every molecule.
+    after: the parts used (``max_atoms`` applied, then ``max_molecules``).
+    n_atoms: i32[M] atoms per molecule.
+    max_atoms: the cap on atoms per molecule (None: none).
+    max_molecules: the cap on molecules per part (None: none).
+
+  Examples:
+    >>> full = Split(np.arange(240), np.arange(240, 270), np.arange(270, 300))
+    >>> kept = Split(np.arange(160), np.arange(240, 270), np.arange(270, 298))
+    >>> n_atoms = np.where(np.arange(300) < 298, 20, 40)
+    >>> describe_subset(full, kept, n_atoms, 32, 160)
+    'using 160/30/28 of 240/30/30 molecules (at most 160 per part); 2 \
+molecules over 32 atoms left out'
+  """
+  used = [len(p) for p in after]
+  total = [len(p) for p in before]
+  if used == total:
+    return ""
+  line = f"using {'/'.join(map(str, used))} of {'/'.join(map(str, total))} "
+  line += "molecules"
+  if max_molecules is not None:
+    line += f" (at most {max_molecules} per part)"
+  if max_atoms is not None:
+    large = sum(int((n_atoms[p] > max_atoms).sum()) for p in before)
+    if large:
+      line += f"; {large} molecules over {max_atoms} atoms left out"
+  return line

@@ -86,6 +86,11 @@ def test_your_own_data_section_runs(tmp_path, monkeypatch, capsys):
   header = re.findall(r"```text\n(id,smiles,.*?)\n```", text)[0]
   assert ",".join(rows[0]) == header
   assert [r["id"] for r in rows if r["prediction_error"]] == ["typo"]
+  # Every prediction says whether it is inside the training domain.
+  flags = {r["id"]: (r["in_domain"], r["domain_reason"]) for r in rows}
+  assert flags.pop("typo") == ("", "")
+  assert {flag for flag, _ in flags.values()} <= {"yes", "no"}
+  assert all((flag == "no") == bool(why) for flag, why in flags.values())
   # The Python example, in the same directory.
   monkeypatch.chdir(tmp_path)
   (block,) = python_blocks(text)

@@ -348,12 +348,13 @@ def test_csv_spec_infers_the_task(tmp_path):
 def test_unreadable_files_name_the_file(tmp_path, content, message):
   path = tmp_path / "mine.csv"
   path.write_bytes(content)
-  spec = (
-    D.csv_spec(path, target_columns=["y"], task_type="regression")
-    if (content)
-    else None
-  )
   with pytest.raises(D.DataFileError, match=message) as info:
+    # csv_spec reads the whole file, so most errors come from it.
+    spec = (
+      D.csv_spec(path, target_columns=["y"], task_type="regression")
+      if (content)
+      else None
+    )
     D.load_dataset(spec or tiny_spec(path=str(path)), cache_dir=tmp_path)
   assert str(path) in str(info.value)
   if "high" in message:
@@ -398,3 +399,102 @@ def test_your_own_file_loads_with_every_quirk_reported(tmp_path):
   assert "line 5: 'N=c1[nH]cc([N+](=O)[O-])s1' (also on line 34)" in duplicate
   assert ds.duplicates() == [("N=c1[nH]cc([N+](=O)[O-])s1", [5, 34])]
   assert len(ds) == 76 and np.isnan(ds.labels[ds.lines.tolist().index(7), 1])
+
+
+# Issue 25: the files chemists really have.
+
+
+def test_task_is_inferred_per_column_from_every_present_label(tmp_path):
+  # No row has both labels: the inference must not look only at full rows.
+  path = tmp_path / "sparse.csv"
+  path.write_text("smiles,a,b\nCCO,-0.54,\nCCN,,1.5\nCCC,2.1,\n")
+  assert D.csv_spec(path).task_type == "regression"
+  path.write_text("smiles,a,b\nCCO,1,\nCCN,,0\nCCC,0,\n")
+  assert D.csv_spec(path).task_type == "classification"
+  path.write_text("smiles,active,logS\nCCO,1,\nCCN,,-2.5\nCCC,0,\n")
+  with pytest.raises(D.DataFileError) as info:
+    D.csv_spec(path)
+  message = str(info.value)
+  assert "'active' holds only 0/1 labels" in message
+  assert "'logS' other numbers" in message
+  assert "task_type='regression'" in message
+  assert D.column_task_types(np.array([[1, np.nan], [0, 2.5]])) == (
+    "classification",
+    "regression",
+  )
+
+
+def test_headerless_file_is_refused_not_read_as_column_names(tmp_path):
+  path = tmp_path / "mols.smi"
+  path.write_text("CCO 1.2\nCCN 0.4\n")
+  with pytest.raises(D.DataFileError, match="no header row") as info:
+    D.csv_spec(path)
+  assert "line 1: 'CCO' is a molecule, not a column name" in str(info.value)
+  assert D.has_header(tmp_path / "mols.smi") is False
+  (tmp_path / "named.smi").write_text("SMILES Name\nCCO ethanol\n")
+  assert D.has_header(tmp_path / "named.smi") is True
+
+
+@pytest.mark.parametrize(
+  "delimiter, name", [(";", "semicolon"), ("\t", "tab"), (",", "comma")]
+)
+def test_delimiter_is_sniffed(tmp_path, delimiter, name):
+  path = tmp_path / "mine.csv"
+  rows = [["name", "smiles", "logS"], ["a,b", "CCO", "-0.5"], ["c", "CCN", "1"]]
+  if delimiter != ",":
+    rows[1][0] = "ab"
+  path.write_text(
+    "\n".join(delimiter.join(r) for r in rows).replace("a,b", '"a,b"') + "\n"
+  )
+  assert D.sniff_delimiter(path) == delimiter
+  assert D.DELIMITER_NAMES[delimiter] == name
+  spec = D.csv_spec(path, target_columns=["logS"])
+  assert spec.delimiter == delimiter
+  table = D.read_table(spec, path)
+  assert table.smiles.tolist() == ["CCO", "CCN"]
+  assert table.logS.tolist() == [-0.5, 1.0]
+
+
+def test_text_columns_are_named_with_the_target_columns_advice(tmp_path):
+  path = tmp_path / "mine.csv"
+  path.write_text("name,smiles,logp,tpsa\naspirin,CCO,0.1,20\nx,CCN,0.2,3\n")
+  with pytest.raises(D.DataFileError) as info:
+    D.csv_spec(path)
+  message = str(info.value)
+  assert "line 2, column 'name': 'aspirin' is not a number" in message
+  assert "target_columns=['logp', 'tpsa']" in message
+  assert "leave a cell empty" not in message
+
+
+def test_duplicate_column_names_are_refused(tmp_path):
+  path = tmp_path / "dup.csv"
+  path.write_text("smiles,sol,sol\nCCO,1.0,2.0\n")
+  with pytest.raises(D.DataFileError, match="line 1: column 'sol' appears 2"):
+    D.csv_spec(path)
+  with pytest.raises(D.DataFileError, match="column 'sol' appears 2"):
+    D.read_rows(path)
+
+
+@pytest.mark.parametrize(
+  "marker", ["", "NA", "n/a", "N/A", "?", "-", "NaN", "null", "None", "#N/A"]
+)
+def test_missing_value_markers(tmp_path, marker):
+  path = tmp_path / "missing.csv"
+  path.write_text(f"smiles,y\nCCO,1.5\nCCN,{marker}\nCCC,2.0\n")
+  assert D.is_missing(marker) and not D.is_missing("0")
+  table = D.read_table(D.csv_spec(path), path)
+  assert np.isnan(table.y[1]) and table.y[0] == 1.5
+
+
+def test_errors_show_the_path_as_given(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  Path("cls.csv").write_text("smiles,y\nCCO,1\nCCN,2\n")
+  spec = D.csv_spec("cls.csv", task_type="classification")
+  with pytest.raises(D.DataFileError) as info:
+    D.load_dataset(spec, cache_dir=tmp_path)
+  assert str(info.value).startswith("cls.csv, line 3, column 'y'")
+
+
+def test_missing_file_hint_names_the_python_argument(tmp_path):
+  with pytest.raises(D.DatasetNotFoundError, match="data_dir=<that dir"):
+    D.resolve_csv("bbbp", cache_dir=tmp_path, download=False)

@@ -384,3 +384,119 @@ def test_seeds_train_an_ensemble(tmp_path, capsys):
   for seed in (0, 1):
     summary = json.loads((out / f"seed{seed}" / "summary.json").read_text())
     assert summary["seed"] == seed
+
+
+# Issue 25: own data without surprises.
+
+
+def write(path: Path, text: str) -> Path:
+  path.write_text(text)
+  return path
+
+
+def test_sparse_regression_file_is_inferred_as_regression(
+  tmp_path, no_work, capsys
+):
+  path = write(tmp_path / "sparse.csv", "smiles,a,b\nCCO,-0.54,\nCCN,,1.5\n")
+  run_cli(["--data", str(path), "--out", str(tmp_path / "run")])
+  out = capsys.readouterr().out
+  assert f"{path}: task regression, inferred from the labels" in out
+
+
+def test_mixed_tasks_are_refused_in_flags(tmp_path, capsys):
+  path = write(tmp_path / "mixed.csv", "smiles,active,logS\nCCO,1,\nCCN,,-2\n")
+  assert run_cli(["--data", str(path), "--out", str(tmp_path / "run")]) == 1
+  line = one_line_error(capsys)
+  assert "'active' holds only 0/1 labels" in line
+  assert "--target-columns active" in line and "--task regression" in line
+  assert "task_type=" not in line and "target_columns=" not in line
+
+
+def test_semicolon_file_trains_and_says_so(tmp_path, no_work, capsys):
+  path = write(tmp_path / "semi.csv", "smiles;logS\nCCO;-0.5\nCCN;1.2\n")
+  run_cli(["--data", str(path), "--out", str(tmp_path / "run")])
+  out = capsys.readouterr().out
+  assert f"{path}: semicolon-separated; task regression" in out
+
+
+def test_text_column_is_named_with_the_flag(tmp_path, capsys):
+  path = write(
+    tmp_path / "named.csv", "name,smiles,logp\naspirin,CCO,0.1\nx,CCN,2\n"
+  )
+  assert run_cli(["--data", str(path), "--out", str(tmp_path / "run")]) == 1
+  line = one_line_error(capsys)
+  assert "column 'name': 'aspirin' is not a number" in line
+  assert line.endswith("name the label columns: --target-columns logp")
+
+
+def test_duplicate_seeds_are_refused(no_work, capsys):
+  argv = ["--dataset", "bbbp", "--seeds", "0", "0", "1"]
+  with pytest.raises(SystemExit) as exit_info:
+    main.main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert "argument --seeds: seed 0 is given twice" in err
+
+
+def test_missing_data_hint_names_the_flag(tmp_path, capsys, monkeypatch):
+  monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
+  argv = ["--dataset", "freesolv", "--cache-dir", str(tmp_path)]
+  monkeypatch.setattr(
+    datasets, "_download", lambda *a: (_ for _ in ()).throw(OSError("off"))
+  )
+  assert run_cli(argv + ["--out", str(tmp_path / "run")]) == 1
+  err = capsys.readouterr().err
+  assert "pass --data-dir <that directory>" in err and "data_dir=" not in err
+
+
+def test_small_data_is_refused_before_training(tmp_path, capsys, monkeypatch):
+  path = write(
+    tmp_path / "five.csv",
+    "smiles,y\nCCO,1.0\nCCN,2.0\nCCC,3.0\nCCCl,4.0\nCCBr,5.0\n",
+  )
+  monkeypatch.setattr(
+    train, "build", lambda *a: pytest.fail("training started")
+  )
+  argv = ["--data", str(path), "--batch-size", "2", "--cache-dir"]
+  argv += [str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
+  assert run_cli(argv) == 1
+  line = one_line_error(capsys)
+  assert (
+    "5 molecules split 0.8/0.1/0.1 give 5 training, 0 validation and 0 "
+    "test molecules" in line
+  )
+  assert "--batch-size" not in line and "--split-sizes 0.6 0.2 0.2" in line
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_test_config_says_what_its_caps_leave_out(tmp_path):
+  from models.configs import test as test_config
+
+  big = "C" * 40  # a 40-atom chain, over the test config's 32 atoms
+  rows = [f"{'C' * (1 + i % 12)}{'O' * (i // 12)},{i}" for i in range(200)]
+  path = write(tmp_path / "many.csv", "smiles,y\n" + "\n".join(rows))
+  path.write_text(path.read_text() + f"\n{big},1\n{big}N,2\n")
+  config = test_config.get_config().replace(
+    dataset="many", data_file=str(path), target_columns=("y",)
+  )
+  with pytest.warns(UserWarning) as caught:
+    data = input_pipeline.data_for(config, cache_dir=tmp_path)
+  (line,) = [str(w.message) for w in caught if "using" in str(w.message)]
+  used = "/".join(str(len(p)) for p in data.split)
+  assert line == (
+    f"many: using {used} of 162/20/20 molecules (at most 160 per part); "
+    "2 molecules over 32 atoms left out"
+  )
+  assert len(data.split.train) == 160
+
+
+def test_output_file_error_shows_the_path_as_given(
+  tmp_path, capsys, monkeypatch
+):
+  monkeypatch.chdir(tmp_path)
+  Path("out").write_text("")
+  argv = ["--dataset", "nci5k-tpsa", "--config", "test", "--out", "out/run"]
+  assert run_cli(argv) == 1
+  assert one_line_error(capsys).endswith(
+    "error: out is a file, not a directory; choose another output directory"
+  )

@@ -28,6 +28,9 @@ DATA = Path(__file__).parents[1] / "data"
 OWN = DATA / "own_molecules.csv"
 NEW = DATA / "new_molecules.csv"
 SMILES = ["CCO", "c1ccccc1O", "not a smiles", "CC(=O)Nc1ccc(O)cc1"]
+TRAIN = ["CCO", "CCCO", "CCCCO", "c1ccccc1O", "Cc1ccccc1O", "CC(=O)Nc1ccccc1"]
+TRAIN += ["CC(=O)Nc1ccc(O)cc1", "CCN", "CCCN", "OCC(O)CO", "c1ccncc1"]
+VALID = ["CCCCCO", "CCc1ccccc1O", "CCCCN", "CC(=O)Nc1ccc(C)cc1"]
 
 
 def make_run(directory: Path, seed: int, task_type="regression", targets=2):
@@ -59,8 +62,17 @@ def make_run(directory: Path, seed: int, task_type="regression", targets=2):
     target_columns=names,
     smiles_column="smiles",
   )
+  # The domain's training and validation molecules (models.domain).
+  featurized = featurization.featurize_smiles(TRAIN + VALID)
   data = types.SimpleNamespace(
-    dataset=types.SimpleNamespace(spec=spec), scaler=scaler
+    dataset=types.SimpleNamespace(
+      spec=spec, smiles=TRAIN + VALID, graphs=featurized.graphs
+    ),
+    scaler=scaler,
+    split=types.SimpleNamespace(
+      train=np.arange(len(TRAIN)),
+      valid=np.arange(len(TRAIN), len(TRAIN) + len(VALID)),
+    ),
   )
   directory.mkdir(parents=True)
   record = json.loads(json.dumps(run_dir.config_record(config)))
@@ -158,6 +170,8 @@ def test_cli_writes_one_row_per_input_row(runs, tmp_path, capsys):
     "tpsa_model_0",
     "logp_model_1",
     "tpsa_model_1",
+    "in_domain",
+    "domain_reason",
     "prediction_error",
   ]
   bad = rows[5]
@@ -181,6 +195,7 @@ def test_cli_keeps_input_columns_and_renames_clashing_ones(
   )
   out = tmp_path / "preds.csv"
   argv = ["--run", str(runs / "seed0"), "--smiles", str(source)]
+  argv += ["--smiles-column", "molecule"]  # the runs' 'smiles' is not there
   assert predict.main(argv + ["--out", str(out)]) == 0
   rows = read_csv(out)
   assert list(rows[0]) == [
@@ -189,6 +204,8 @@ def test_cli_keeps_input_columns_and_renames_clashing_ones(
     "note",
     "logp_pred",
     "tpsa",
+    "in_domain",
+    "domain_reason",
     "prediction_error",
   ]
   assert [r["logp"] for r in rows] == ["-0.1", "1.4"]  # labels untouched
@@ -204,6 +221,9 @@ def test_cli_keeps_input_columns_and_renames_clashing_ones(
     ("other featurizer", 1, "featurizer version 0"),
     ("other targets", 1, "an ensemble needs runs of the same targets"),
     ("no column", 2, "argument --smiles-column: "),
+    ("no smiles column", 2, "has no column 'smiles'"),
+    ("two smiles columns", 2, "'Smiles' and 'SMILES' both match"),
+    ("nothing predicted", 1, "none of the 2 rows"),
     ("no smiles file", 2, "argument --smiles: "),
     ("empty file", 1, "is empty"),
   ],
@@ -224,7 +244,16 @@ def test_cli_errors_are_one_line(runs, tmp_path, capsys, change, code, message):
   elif change == "other targets":
     paths.append(make_run(tmp_path / "one_target", 0, targets=1))
   elif change == "no column":
-    extra = ["--smiles-column", "SMILES"]
+    extra = ["--smiles-column", "smi"]
+  elif change == "no smiles column":
+    smiles = tmp_path / "ids.csv"
+    smiles.write_text("id,structure\na,CCO\nb,CCN\n")
+  elif change == "two smiles columns":
+    smiles = tmp_path / "two.csv"
+    smiles.write_text("Smiles,SMILES\nCCO,CCO\n")
+  elif change == "nothing predicted":
+    smiles = tmp_path / "names.csv"
+    smiles.write_text("smiles,note\naspirin,x\nethanol,y\n")
   elif change == "no smiles file":
     smiles = tmp_path / "missing.csv"
   elif change == "empty file":
@@ -234,6 +263,8 @@ def test_cli_errors_are_one_line(runs, tmp_path, capsys, change, code, message):
   assert run_cli(argv + ["--out", str(tmp_path / "p.csv"), *extra]) == code
   err = capsys.readouterr().err
   assert message in err
+  if code == 2:
+    assert "--smiles-column" in err
   if code == 1:
     assert err.count("\n") == 1 and err.startswith("graphsam-predict: error: ")
   assert not (tmp_path / "p.csv").exists()
@@ -285,3 +316,113 @@ def test_predict_reproduces_the_runs_test_metric(tmp_path, task):
   saved = run_dir.load_model(tmp_path / "run")
   assert saved.meta["best_epoch"] == summary["best_epoch"]
   jax.tree.map(lambda x: np.testing.assert_(np.isfinite(x).all()), saved.params)
+
+
+# Issue 25: predictions that say when they are out of their depth.
+
+
+def test_ensemble_repr_is_short(runs):
+  ensemble = predict.load(runs)
+  assert repr(ensemble) == (
+    f"Ensemble(2 runs of {runs}: regression, targets ('logp', 'tpsa'))"
+  )
+  assert "params" not in repr(ensemble.runs[0])
+
+
+def test_predict_warns_of_the_smiles_it_could_not_use(runs):
+  ensemble = predict.load(runs / "seed0")
+  with pytest.warns(predict.UnusedSmilesWarning) as caught:
+    mean = ensemble.predict(SMILES)
+  message = str(caught[0].message)
+  assert message.startswith("1 of 4 SMILES cannot be used; their rows are NaN")
+  assert "index 2: 'not a smiles' (SMILES syntax error)" in message
+  assert np.isnan(mean[2]).all()
+
+
+def test_applicability_domain(runs, tmp_path):
+  ensemble = predict.load(runs / "seed0")
+  queries = [
+    "CCO",  # a training molecule
+    "CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCO",  # larger than any
+    "CC[Se]C",  # an element never seen
+    "C#N",  # a triple bond never seen
+    "not a smiles",
+  ]
+  with pytest.warns(predict.UnusedSmilesWarning):
+    _, domain = ensemble.predict(queries, return_domain=True)
+  assert domain.in_domain.tolist() == ["yes", "no", "no", "no", ""]
+  assert domain.similarity[0] == 1.0 and np.isnan(domain.similarity[4])
+  assert domain.reason[1].startswith(
+    "31 atoms, more than any training molecule (11)"
+  )
+  assert "element Se never seen in training" in domain.reason[2]
+  assert "bond triple never seen in training" in domain.reason[3]
+  assert "nearest training molecule's similarity" in domain.reason[3]
+  record = json.loads((runs / "seed0" / "domain.json").read_text())
+  assert record["max_atoms"] == 11 and 0 < record["similarity_threshold"] < 1
+  # A run from before the domain record still predicts: "unknown".
+  old = tmp_path / "old"
+  shutil.copytree(runs / "seed0", old)
+  (old / "domain.json").unlink()
+  _, domain = predict.load(old).predict(["CCO"], return_domain=True)
+  assert domain.in_domain.tolist() == ["unknown"]
+  assert "no domain record" in domain.reason[0]
+
+
+def test_cli_flags_molecules_outside_the_domain(runs, tmp_path, capsys):
+  source = tmp_path / "new.csv"
+  source.write_text("smiles\nCCO\nCC[Se]C\n")
+  out = tmp_path / "preds.csv"
+  argv = ["--run", str(runs), "--smiles", str(source), "--out", str(out)]
+  assert predict.main(argv) == 0
+  rows = read_csv(out)
+  assert [r["in_domain"] for r in rows] == ["yes", "no"]
+  reason = rows[1]["domain_reason"]
+  assert "element Se never seen in training" in reason
+  assert reason.endswith("(2 of 2 runs)")
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert "1 outside the training domain (column in_domain)" in last
+
+
+@pytest.mark.parametrize(
+  "name, text",
+  [
+    ("case.csv", "id,SMILES\na,CCO\nb,c1ccccc1O\n"),
+    ("mols.smi", "CCO ethanol\nc1ccccc1O phenol\n"),
+    ("bare.csv", "CCO\nc1ccccc1O\n"),
+    ("semi.csv", "id;smiles\na;CCO\nb;c1ccccc1O\n"),
+    ("tab.txt", "smiles\tid\nCCO\ta\nc1ccccc1O\tb\n"),
+  ],
+)
+def test_cli_reads_the_files_chemists_have(runs, tmp_path, capsys, name, text):
+  source = tmp_path / name
+  source.write_text(text)
+  out = tmp_path / "preds.csv"
+  argv = ["--run", str(runs / "seed0"), "--smiles", str(source)]
+  assert predict.main(argv + ["--out", str(out)]) == 0
+  rows = read_csv(out)
+  assert len(rows) == 2 and all(r["logp"] for r in rows)
+  assert "2 of 2 molecules predicted" in capsys.readouterr().out
+
+
+def test_cli_no_header_keeps_the_first_molecule(runs, tmp_path):
+  source = tmp_path / "odd.csv"
+  source.write_text("C\nCCO\n")  # 'C' could be a column name
+  out = tmp_path / "preds.csv"
+  argv = ["--run", str(runs / "seed0"), "--smiles", str(source)]
+  assert predict.main(argv + ["--out", str(out), "--no-header"]) == 0
+  assert [r["smiles"] for r in read_csv(out)] == ["C", "CCO"]
+
+
+def test_cli_missing_smiles_marker_is_said(runs, tmp_path):
+  source = tmp_path / "gaps.csv"
+  source.write_text("smiles,id\nCCO,a\nNA,b\n-,c\n")
+  out = tmp_path / "preds.csv"
+  argv = ["--run", str(runs / "seed0"), "--smiles", str(source)]
+  assert predict.main(argv + ["--out", str(out)]) == 0
+  errors = [r["prediction_error"] for r in read_csv(out)]
+  assert errors == [
+    "",
+    "no SMILES (missing value 'NA')",
+    ("no SMILES (missing value '-')"),
+  ]
