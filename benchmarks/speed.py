@@ -203,7 +203,7 @@ def build_runner(name, config, data, params, log):
   engine = engine_lib.make_engine(fns, data, cfg, task.task_type, 1, log)
   values = engine.place(optim.hyperparameter_values(cfg))
   state = engine.place(fns.make_tx(values).init(params))
-  spec = graphsam_optax.optimizer_spec(optim.registry_name(name))
+  spec = graphsam_optax.optimizer_spec(name)
   mean = spec.mean_passes(optim.optimizer_hyperparameters(cfg), steps)
   return Runner(
     name=name,

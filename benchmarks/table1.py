@@ -183,9 +183,7 @@ def _describe(entry: dict) -> str:
 
 def overrides(config: default.Config) -> dict:
   """The config's hyperparameters that differ from the registry's."""
-  defaults = graphsam_optax.optimizer_spec(
-    optim.registry_name(config.optimizer)
-  ).defaults
+  defaults = graphsam_optax.optimizer_spec(config.optimizer).defaults
   return {
     k: v for k, v in config.hyperparameters.items() if defaults.get(k) != v
   }
@@ -195,9 +193,7 @@ def grid(args: argparse.Namespace) -> list[dict]:
   """This command's runs (slots) in training order."""
   cells = []
   for optimizer in args.optimizers:
-    defaults = graphsam_optax.optimizer_spec(
-      optim.registry_name(optimizer)
-    ).defaults
+    defaults = graphsam_optax.optimizer_spec(optimizer).defaults
     choices = []
     for name in SWEEPABLE:
       values = getattr(args, name)
@@ -283,9 +279,9 @@ def read_run(path: Path) -> dict:
     )
   per_step = None
   if steps:
-    per_step = graphsam_optax.optimizer_spec(
-      optim.registry_name(parsed.optimizer)
-    ).mean_passes(optim.optimizer_hyperparameters(parsed), steps)
+    per_step = graphsam_optax.optimizer_spec(parsed.optimizer).mean_passes(
+      optim.optimizer_hyperparameters(parsed), steps
+    )
   return {
     **common.summary_row(summary),
     "hyperparameters": overrides(parsed),
@@ -507,8 +503,7 @@ def parse_args(parser, argv=None) -> argparse.Namespace:
     parser.error(f"argument --seeds: seeds must be >= 0, got {negative}")
   for name in SWEEPABLE:
     if getattr(args, name) and not any(
-      name in graphsam_optax.optimizer_spec(optim.registry_name(o)).defaults
-      for o in args.optimizers
+      name in graphsam_optax.optimizer_spec(o).defaults for o in args.optimizers
     ):
       parser.error(
         f"argument --{name}: none of --optimizers "

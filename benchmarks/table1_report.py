@@ -24,7 +24,6 @@ import numpy as np
 
 import graphsam_optax
 from benchmarks import common
-from models import optim
 from models.configs import default
 from models.datasets import get_spec
 
@@ -125,9 +124,7 @@ def swept_value(cell: dict) -> float | None:
   None when the optimizer has no such hyperparameter or the cell overrides
   another one too.
   """
-  defaults = graphsam_optax.optimizer_spec(
-    optim.registry_name(cell["optimizer"])
-  ).defaults
+  defaults = graphsam_optax.optimizer_spec(cell["optimizer"]).defaults
   if SWEPT not in defaults or not set(cell["hyperparameters"]) <= {SWEPT}:
     return None
   return cell["hyperparameters"].get(SWEPT, defaults[SWEPT])

@@ -81,9 +81,8 @@ class Runner:
     import graphsam_optax
 
     self.name = name
-    registry = "base" if name == "adam" else name
     tx = graphsam_optax.get_optimizer(
-      registry,
+      name,
       optax.adam(1e-3),
       steps_per_epoch=10**9,
       total_steps=10**9,
@@ -214,7 +213,7 @@ def markdown(result: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
   import graphsam_optax
 
-  names = ["adam", *graphsam_optax.optimizer_names()[1:]]
+  names = list(graphsam_optax.optimizer_names())
   parser = argparse.ArgumentParser(
     description=__doc__.split("\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -145,8 +145,9 @@ class OptimizerSpec:
     return "\n".join(lines)
 
 
-def _base(optimizer: optax.GradientTransformation):
-  """The base optimizer alone (Adam in the paper); ignores grad_fn."""
+def _adam(optimizer: optax.GradientTransformation):
+  """The base optimizer alone, no sharpness-aware step (Adam in the paper,
+  hence the name); ignores grad_fn."""
   optimizer = optax.with_extra_args_support(optimizer)
 
   def update_fn(updates, state, params=None, *, grad_fn=None, **extra_args):
@@ -308,7 +309,17 @@ def _late_sam(
 
 _ONCE_PER_EPOCH = "1, plus 1 at the anchor step of each epoch (T + 1 per epoch)"
 _SPECS = (
-  OptimizerSpec("base", _base, "1", lambda hp, spe: 1.0, uses_grad_fn=False),
+  OptimizerSpec(
+    "adam",
+    _adam,
+    "1",
+    lambda hp, spe: 1.0,
+    uses_grad_fn=False,
+    notes=(
+      "the base optimizer given to get_optimizer, unchanged (Adam in the "
+      "paper); 'base' is accepted as another name for it."
+    ),
+  ),
   OptimizerSpec(
     "sam",
     _sam,
@@ -455,6 +466,8 @@ _SPECS = (
   ),
 )
 _REGISTRY = {spec.name: spec for spec in _SPECS}
+# Other names a user may type for a registry name.
+_ALIASES = {"base": "adam"}
 
 
 def optimizer_names() -> tuple[str, ...]:
@@ -464,7 +477,7 @@ def optimizer_names() -> tuple[str, ...]:
     >>> from graphsam_optax import optimizer_names
     >>> names = optimizer_names()
     >>> print(" ".join(names[:10]))
-    base sam asam graphsam graphsam_authors sam_k sam_one looksam ae_sam rst
+    adam sam asam graphsam graphsam_authors sam_k sam_one looksam ae_sam rst
     >>> print(" ".join(names[10:]))
     msam gsam fsam late_sam
   """
@@ -486,6 +499,7 @@ def optimizer_spec(name: str) -> OptimizerSpec:
       notes: rho 1e-4, alpha 0.2, k 8 as the GraphSAM paper ran LookSAM.
       reference: Liu et al., CVPR 2022, https://arxiv.org/abs/2203.02714
   """
+  name = _ALIASES.get(name, name)
   if name not in _REGISTRY:
     raise ValueError(
       f"unknown optimizer name={name!r}; valid names: "
@@ -513,9 +527,9 @@ def get_optimizer(
   with ``grads`` the gradient at the held ``params`` and ``grad_fn(p)`` the
   gradient of the same batch at ``p``. Methods call ``grad_fn`` only when
   their algorithm needs a second pass (see :attr:`OptimizerSpec.passes`);
-  ``"base"`` ignores it. Evaluate ``graphsam_optax.eval_params(state,
-  params)``: GraphSAM's variants hold a perturbed point, the others the
-  weights themselves.
+  ``"adam"`` (the base optimizer alone) ignores it. Evaluate
+  ``graphsam_optax.eval_params(state, params)``: GraphSAM's variants hold a
+  perturbed point, the others the weights themselves.
 
   Each name's defaults, cost and sources: :func:`optimizer_spec`, whose
   :meth:`OptimizerSpec.describe` also serves a command line's ``--help``.
@@ -560,10 +574,10 @@ def get_optimizer(
     ...   for _ in range(steps):
     ...     params, state = step(params, state)
     ...   return float(loss(params))
-    >>> for name, overrides in (("base", {}), ("looksam", {"rho": 0.05})):
+    >>> for name, overrides in (("adam", {}), ("looksam", {"rho": 0.05})):
     ...   tx = get_optimizer(name, optax.adam(0.1), **overrides)
     ...   print(name, f"{train(tx):.4f}")
-    base 0.3676
+    adam 0.3676
     looksam 0.3542
 
     The defaults of every method:
@@ -572,7 +586,7 @@ def get_optimizer(
     >>> for name in optimizer_names():
     ...   defaults = optimizer_spec(name).defaults
     ...   print(name, *(f"{k}={v}" for k, v in defaults.items()))
-    base
+    adam
     sam rho=0.05 gamma=1.0 decay_epochs=1
     asam rho=0.05 adaptive_eta=0.01
     graphsam rho=0.05 beta=0.99 gamma=0.5 decay_epochs=1 normalize_anchor=True

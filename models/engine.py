@@ -295,7 +295,7 @@ def family_key(
     for k, v in optim.optimizer_hyperparameters(config).items()
     if k not in floats
   )
-  spec = graphsam_optax.optimizer_spec(optim.registry_name(config.optimizer))
+  spec = graphsam_optax.optimizer_spec(config.optimizer)
   return (
     create_model(config, num_tasks),
     task_type,

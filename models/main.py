@@ -45,16 +45,12 @@ CSV_MODEL = "bbbp"
 
 
 def optimizers() -> tuple[str, ...]:
-  """The ``--optimizer`` choices: the registry, its ``base`` called adam."""
-  return ("adam",) + tuple(
-    n for n in graphsam_optax.optimizer_names() if n != "base"
-  )
+  """The ``--optimizer`` choices: the registry's names."""
+  return graphsam_optax.optimizer_names()
 
 
 def _spec(optimizer: str) -> graphsam_optax.OptimizerSpec:
-  return graphsam_optax.optimizer_spec(
-    "base" if optimizer == "adam" else optimizer
-  )
+  return graphsam_optax.optimizer_spec(optimizer)
 
 
 def _hyperparameter_types() -> dict[str, type]:
@@ -197,7 +193,7 @@ def _check_hyperparameters(parser, optimizer: str, given: dict) -> None:
 
   def build(hyperparameters):  # the registry validates the values
     graphsam_optax.get_optimizer(
-      "base" if optimizer == "adam" else optimizer,
+      optimizer,
       optax.sgd(0.1),
       steps_per_epoch=1,
       total_steps=1,

@@ -20,9 +20,7 @@ import optax
 import graphsam_optax
 from models.configs import default
 
-OPTIMIZERS = ("adam",) + tuple(
-  name for name in graphsam_optax.optimizer_names() if name != "base"
-)
+OPTIMIZERS = graphsam_optax.optimizer_names()
 
 
 # The Config fields of the learning-rate schedule and of Adam: floats that
@@ -90,11 +88,6 @@ def learning_rate_schedule(
   return schedule
 
 
-def registry_name(optimizer: str) -> str:
-  """``"adam"`` is the registry's ``"base"`` (Adam alone)."""
-  return "base" if optimizer == "adam" else optimizer
-
-
 def optimizer_hyperparameters(config: default.Config) -> dict[str, Any]:
   """The optimizer's hyperparameters: registry defaults, then the config's.
 
@@ -105,9 +98,7 @@ def optimizer_hyperparameters(config: default.Config) -> dict[str, Any]:
       f"optimizer={config.optimizer!r} is unknown; choose one of "
       f"{', '.join(OPTIMIZERS)}"
     )
-  defaults = graphsam_optax.optimizer_spec(
-    registry_name(config.optimizer)
-  ).defaults
+  defaults = graphsam_optax.optimizer_spec(config.optimizer).defaults
   merged = {**defaults, **config.hyperparameters}
   if "seed" in defaults and "seed" not in config.hyperparameters:
     merged["seed"] = config.seed
@@ -130,9 +121,7 @@ def float_hyperparameters(config: default.Config) -> dict[str, float]:
   rest of :func:`optimizer_hyperparameters` (integers, booleans, schedules)
   is part of what the step is compiled for.
   """
-  defaults = graphsam_optax.optimizer_spec(
-    registry_name(config.optimizer)
-  ).defaults
+  defaults = graphsam_optax.optimizer_spec(config.optimizer).defaults
   out = {f: float(getattr(config, f)) for f in SCHEDULE_FIELDS}
   for name, value in optimizer_hyperparameters(config).items():
     if _is_float_hyperparameter(name, defaults.get(name), value):
@@ -176,7 +165,7 @@ def create_optimizer(
     {k: v[k] for k in hyperparameters if k in v and k not in SCHEDULE_FIELDS}
   )
   return graphsam_optax.get_optimizer(
-    registry_name(config.optimizer),
+    config.optimizer,
     base,
     steps_per_epoch=steps_per_epoch,
     total_steps=steps_per_epoch * config.epochs,

@@ -156,7 +156,7 @@ def start_run(
 ) -> input_pipeline.PreparedData:
   """Checks ``workdir`` against ``config``, prepares the data and writes the
   run's records (``run_dir.check`` and ``run_dir.start``)."""
-  spec = graphsam_optax.optimizer_spec(optim.registry_name(config.optimizer))
+  spec = graphsam_optax.optimizer_spec(config.optimizer)
   record, notes = run_dir.check(
     workdir,
     run_dir.config_record(config),

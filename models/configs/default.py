@@ -86,7 +86,7 @@ class Config:
     d_model, num_layers, num_heads, kernel, norm, head_layers, readout,
       attention: the model (see ``models.model.CoMPT``).
     optimizer: a ``graphsam_optax`` registry name, or ``"adam"`` (the
-      registry's ``"base"``: Adam alone).
+      registry's name for Adam alone).
     hyperparameters: overrides of the optimizer's registry defaults.
     init_lr, max_lr, final_lr, warmup_epochs, lr_decay_epochs: the learning
       rate schedule (see ``models.optim.learning_rate_schedule``).

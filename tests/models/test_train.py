@@ -160,7 +160,7 @@ def test_float_hyperparameters_are_arguments_not_constants(name):
     hp = {
       k: v
       for k, v in overrides.items()
-      if k in graphsam_optax.optimizer_spec(optim.registry_name(name)).defaults
+      if k in graphsam_optax.optimizer_spec(name).defaults
     }
     config = base.replace(hyperparameters=hp, max_lr=3e-2, init_lr=1e-2)
     values = _values(config)

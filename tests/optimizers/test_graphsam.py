@@ -305,21 +305,6 @@ def test_inside_chain_after_clipping():
   assert not np.allclose(got[-1]["w"], unclipped[-1]["w"], atol=1e-4)
 
 
-def test_state_round_trips_through_tree_util():
-  tx = graphsam_optax.graphsam(optax.adam(0.05), anchor_every=3, rho=0.1)
-  params = as_jax(W0)
-  state = tx.init(params)
-  for t in range(4):
-    grads = jax.grad(loss)(params, t)
-    updates, state = tx.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-  leaves, treedef = jax.tree_util.tree_flatten(state)
-  rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
-  assert isinstance(rebuilt, graphsam_optax.GraphSAMState)
-  assert int(rebuilt.count) == 4
-  jax.tree.map(np.testing.assert_array_equal, rebuilt, state)
-
-
 @pytest.mark.parametrize("per_leaf", [False, True])
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_zero_gradients_give_no_nan(per_leaf, adaptive):

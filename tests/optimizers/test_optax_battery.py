@@ -17,7 +17,7 @@ import pytest
 
 import graphsam_optax
 
-NAMES = tuple(n for n in graphsam_optax.optimizer_names() if n != "base")
+NAMES = tuple(n for n in graphsam_optax.optimizer_names() if n != "adam")
 # What the registry is given for every name: one epoch is 5 steps, a run 1000.
 NEEDS = {"steps_per_epoch": 5, "total_steps": 1000}
 # A small radius: on Rosenbrock's narrow valley even exact SAM settles visibly
