@@ -7,7 +7,7 @@ standard deviation over seeds (:func:`mean_std`, ddof 1) in Markdown tables
 (:func:`markdown_table`). Finished training runs are read back from the run
 directories that ``models.train.train_and_evaluate`` (and ``graphsam-train
 --out``) write, ``summary.json`` and ``metrics.json`` (:func:`load_run`,
-:func:`find_runs`, :func:`summary_row`).
+``models.run_dir.walk_runs``, :func:`summary_row`).
 """
 
 from __future__ import annotations
@@ -98,20 +98,6 @@ def machine_line(info: dict) -> str:
   )
 
 
-def enable_compile_cache(directory: str | os.PathLike | None) -> None:
-  """Lets JAX keep compiled steps on disk in ``directory`` (None: off).
-
-  A later process (or run) compiling the same step loads it instead; steps
-  that compile in under a second are not stored.
-  """
-  if directory is None:
-    return
-  import jax
-
-  jax.config.update("jax_compilation_cache_dir", str(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
   """Mean and sample standard deviation (ddof 1; NaN for one value).
 
@@ -181,24 +167,6 @@ def load_run(run_dir: str | os.PathLike) -> dict:
     "summary": json.loads(summary.read_text()),
     "config": json.loads(config.read_text()) if config.exists() else None,
   }
-
-
-def find_runs(roots: Iterable[str | os.PathLike]) -> tuple[list, list]:
-  """The run directories at or below ``roots``: ``(finished, unfinished)``.
-
-  A run directory holds ``config.json``; it is finished when it also holds
-  ``summary.json`` and ``metrics.json``. The search does not descend into
-  run directories. Missing roots hold no runs.
-  """
-  finished, unfinished = [], []
-  for root in roots:
-    for path, dirs, files in os.walk(root):
-      if RUN_MARKER in files:
-        dirs.clear()
-        done = all(name in files for name in RUN_FILES)
-        (finished if done else unfinished).append(Path(path))
-      dirs.sort()
-  return finished, unfinished
 
 
 def summary_row(summary: dict) -> dict:

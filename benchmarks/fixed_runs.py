@@ -72,13 +72,12 @@ RUNS = {
 
 def train_one(name: str, workdir: str) -> None:
   """Trains run ``name`` into ``workdir`` (in this process)."""
+  from models import configs
   from models import train
-  from models.configs import default
-  from models.configs import test
 
   config_name, dataset, changes = RUNS[name]
-  module = {"default": default, "test": test}[config_name]
-  config = module.get_config(dataset).replace(**{"epochs": 3, **changes})
+  base = configs.get_config(config_name, dataset)
+  config = base.replace(**{"epochs": 3, **changes})
   devices = DEVICES if name.endswith(f"devices{DEVICES}") else 1
   train.train_and_evaluate(
     config, workdir, progress=False, log=lambda line: None, num_devices=devices

@@ -365,7 +365,7 @@ def train_run(config, data, model, params, observe_kwargs, log=print) -> dict:
   opt_state = jax.jit(lambda p, v: make_tx(v).init(p))(params, values)
   params, opt_state = _place((params, opt_state))
   observed = config.optimizer == "sam"
-  options = compiler_options(config)
+  options = engine.compiler_options(config.fast_compile)
   if observed:
     step = make_observed_sam_step(
       engine.make_loss_fn(model, task_type),
@@ -708,10 +708,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-def compiler_options(config: default.Config) -> dict | None:
-  return engine.FAST_COMPILE if config.fast_compile else None
-
-
 def make_config(args) -> default.Config:
   """The paper's set-up (the tiny test one with ``--smoke``), truncated.
 
@@ -749,7 +745,7 @@ def main(argv=None) -> dict:
   init, _ = engine.make_init(
     model,
     functools.partial(optim.create_optimizer, config, steps_per_epoch),
-    compiler_options(config),
+    engine.compiler_options(config.fast_compile),
   )(
     config.seed,
     first.graphs,
@@ -767,7 +763,7 @@ def main(argv=None) -> dict:
   measure = make_sharpness_fn(
     make_subset_loss(loss_fn, subset), args.hessian_rtol, args.hessian_iters
   )
-  predict = engine.make_predict(model, compiler_options(config))
+  predict = engine.predict_steps(model, config.fast_compile).jitted
   subset_info = {
     "molecules": int(min(args.hessian_molecules, len(data.split.train))),
     "chunks": len(subset.weights),

@@ -86,15 +86,12 @@ def main(argv=None) -> dict:
   if args.runs < 2:
     parser.error(f"--runs must be >= 2, got {args.runs}")
 
+  from models import configs
   from models import datasets
   from models import train
-  from models.configs import default
-  from models.configs import test
 
   print(f"command: {common.command('many_runs', argv)}")
-  base = {"default": default, "test": test}[args.config].get_config(
-    args.dataset
-  )
+  base = configs.get_config(args.config, args.dataset)
   base = base.replace(
     epochs=args.epochs, patience=args.epochs, max_molecules=args.max_molecules
   )

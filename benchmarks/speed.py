@@ -157,12 +157,9 @@ def sam_steps(state) -> int | None:
 
 def run_config(args):
   """The model configuration of the benchmark."""
-  from models.configs import default
-  from models.configs import test
+  from models import configs
 
-  config = {"default": default, "test": test}[args.config].get_config(
-    args.dataset
-  )
+  config = configs.get_config(args.config, args.dataset)
   if args.max_molecules is not None:
     config = config.replace(max_molecules=args.max_molecules)
   return config.replace(seed=args.seed)

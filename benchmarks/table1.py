@@ -72,13 +72,14 @@ import graphsam_optax
 from benchmarks import common
 from benchmarks import table1_report as report_lib
 from models import allocator
+from models import cli
+from models import configs
 from models import datasets
 from models import input_pipeline
 from models import optim
 from models import run_dir
 from models import train
 from models.configs import default
-from models.main import CONFIGS
 
 NAME = "table1"
 # Config fields a command may change, with their words in schedule names.
@@ -112,7 +113,7 @@ class Schedule:
 
   @classmethod
   def from_args(cls, args: argparse.Namespace) -> Schedule:
-    reference = CONFIGS[args.config]("bbbp")
+    reference = configs.get_config(args.config, "bbbp")
     changes = tuple(
       (field, getattr(args, field))
       for field in SCHEDULE_FIELDS
@@ -135,7 +136,7 @@ class Schedule:
   def config_for(self, slot: dict) -> default.Config:
     """The training Config of a run (a slot: dataset, optimizer, ...)."""
     return (
-      CONFIGS[self.config](slot["dataset"])
+      configs.get_config(self.config, slot["dataset"])
       .replace(**dict(self.changes))
       .replace(
         optimizer=slot["optimizer"],
@@ -311,7 +312,7 @@ def collect(
   stored records no directory replaces. Stored records of another
   configuration are dropped, and said so.
   """
-  finished, unfinished = common.find_runs(roots)
+  finished, unfinished = run_dir.walk_runs(roots)
   runs, others = {}, 0
   for path in finished:
     try:
@@ -443,7 +444,7 @@ def make_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--config",
-    choices=sorted(CONFIGS),
+    choices=sorted(configs.CONFIGS),
     default="default",
     help="models.configs module: the paper's set-up or the tiny test one",
   )
@@ -617,7 +618,7 @@ def main(
   report = rewrite_report()
   if todo and not args.report_only:
     cache = args.compile_cache or str(args.runs[0] / "compile_cache")
-    common.enable_compile_cache(None if cache == "none" else cache)
+    cli.enable_compile_cache(None if cache == "none" else cache)
     start = time.perf_counter()
     for i, slot in enumerate(todo, 1):
       path = run_path(args.runs[0], schedule, slot)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import shlex
 import sys
@@ -82,6 +83,20 @@ def finite_float(text: str) -> float:
   if not math.isfinite(value):
     raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
   return value
+
+
+def enable_compile_cache(directory: str | os.PathLike | None) -> None:
+  """Lets JAX keep compiled steps on disk in ``directory`` (None: off).
+
+  A later process (or run) compiling the same step loads it instead; steps
+  that compile in under a second are not stored.
+  """
+  if directory is None:
+    return
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def dataset_name(text: str) -> str:

@@ -42,11 +42,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -556,32 +555,28 @@ def _not_found(spec: DatasetSpec, tried: list[str]) -> str:
 
 def _download(spec: DatasetSpec, target: Path, timeout: float) -> None:
   """Downloads spec.url to target (decompressed), verifying the checksum."""
+  from models import files
+
   target.parent.mkdir(parents=True, exist_ok=True)
   _log.info("downloading %s from %s", spec.name, spec.url)
-  fd, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".part")
-  tmp = Path(tmp_name)
-  try:
-    with os.fdopen(fd, "wb") as out:
-      with urllib.request.urlopen(spec.url, timeout=timeout) as response:
-        shutil.copyfileobj(response, out)
-    with open(tmp, "rb") as f:
-      compressed = f.read(2) == b"\x1f\x8b"
-    if compressed:
-      raw = tmp.with_suffix(".raw")
-      with gzip.open(tmp, "rb") as src, open(raw, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-      os.replace(raw, tmp)
-    actual = file_sha256(tmp)
+  with (
+    urllib.request.urlopen(spec.url, timeout=timeout) as response,
+    files.atomic_write(target, "wb") as out,
+  ):
+    stream = io.BufferedReader(response)
+    if stream.peek(2)[:2] == b"\x1f\x8b":  # gzip: kept decompressed
+      stream = gzip.GzipFile(fileobj=stream)
+    digest = hashlib.sha256()
+    while chunk := stream.read(1 << 20):
+      digest.update(chunk)
+      out.write(chunk)
+    actual = digest.hexdigest()
     if spec.sha256 is not None and actual != spec.sha256:
       raise ChecksumError(
         f"download of {spec.name} from {spec.url} has SHA-256 {actual}, "
         f"expected {spec.sha256}; the file was discarded. "
         + _how_to_supply(spec)
       )
-    os.replace(tmp, target)
-  finally:
-    tmp.unlink(missing_ok=True)
-    tmp.with_suffix(".raw").unlink(missing_ok=True)
 
 
 class DataFileError(ValueError):

@@ -267,6 +267,11 @@ _BUILT: OrderedDict = OrderedDict()
 MAX_BUILT = 4
 
 
+def compiler_options(fast_compile: bool) -> dict | None:
+  """XLA's options for a config's ``fast_compile`` (None: the defaults)."""
+  return FAST_COMPILE if fast_compile else None
+
+
 # The evaluation of each model, shared by its families and by
 # models.predict.
 _PREDICTS: dict = {}
@@ -277,7 +282,7 @@ def predict_steps(model: model_lib.CoMPT, fast_compile: bool) -> CompiledSteps:
   (prediction does not depend on the optimizer)."""
   key = (model, fast_compile)
   if key not in _PREDICTS:
-    options = FAST_COMPILE if fast_compile else None
+    options = compiler_options(fast_compile)
     _PREDICTS[key] = CompiledSteps(make_predict(model, options), "evaluation")
   return _PREDICTS[key]
 
@@ -324,7 +329,7 @@ def build(
     _BUILT.move_to_end(key)
     return _BUILT[key]
   model = create_model(config, num_tasks)
-  options = FAST_COMPILE if config.fast_compile else None
+  options = compiler_options(config.fast_compile)
 
   def make_tx(values):
     return optim.create_optimizer(config, steps_per_epoch, values)

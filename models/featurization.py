@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from rdkit import Chem
 from rdkit import rdBase
 from rdkit.Chem import rdPartialCharges
 from tqdm.auto import tqdm
+
+from models import files
 
 FEATURIZER_VERSION = 1
 """Bumped whenever a feature changes; part of every cache key."""
@@ -611,17 +612,10 @@ def _write_cache(path: Path, result: FeaturizedSmiles, digest: str, n: int):
     "dropped": [dataclasses.astuple(d) for d in result.dropped],
   }
   arrays = result.graphs.arrays()
-  tmp = None
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
+    with files.atomic_write(path, "wb") as f:
       np.savez_compressed(f, meta=json.dumps(meta), kept=result.kept, **arrays)
-    os.replace(tmp, path)
-    tmp = None
     _log.info("cached featurized molecules in %s", path)
   except OSError as e:
     _log.warning("could not write cache %s: %s", path, e)
-  finally:
-    if tmp is not None:
-      Path(tmp).unlink(missing_ok=True)

@@ -34,12 +34,11 @@ from pathlib import Path
 import graphsam_optax
 from models import allocator
 from models import cli
+from models import configs
 from models import datasets
 from models import splits
 from models.configs import default
-from models.configs import test as test_config
 
-CONFIGS = {"default": default.get_config, "test": test_config.get_config}
 # The model a CSV of your own trains (the Config defaults are BBBP's).
 CSV_MODEL = "bbbp"
 
@@ -102,7 +101,7 @@ def make_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--config",
     default="default",
-    choices=list(CONFIGS),
+    choices=list(configs.CONFIGS),
     help="default: the paper's set-up; test: a tiny model on a subset",
   )
   parser.add_argument("--epochs", type=cli.positive_int, help="most epochs")
@@ -255,7 +254,7 @@ def parse_config(
   Every bad argument ends in ``parser.error`` (exit status 2), before any
   training starts.
   """
-  config = CONFIGS[args.config](args.dataset or CSV_MODEL)
+  config = configs.get_config(args.config, args.dataset or CSV_MODEL)
   if args.data is not None:
     config = _csv_config(parser, args, config)
   elif args.target_columns or args.task:
@@ -328,14 +327,11 @@ def _summary_line(summary: dict, out: Path) -> str:
 
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
   runs = parse_config(parser, args)
-  import jax
   import numpy as np
 
   from models import train
 
-  if args.compile_cache:
-    jax.config.update("jax_compilation_cache_dir", args.compile_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  cli.enable_compile_cache(args.compile_cache or None)
   tests = []
   for config, out in runs:
     try:

@@ -38,7 +38,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from models import datasets
+from models import files
 from models import splits
 from models.configs import default
 
@@ -74,14 +74,8 @@ class CheckpointError(RunDirError):
 
 def write_text(path: Path, text: str) -> None:
   """Writes ``text`` atomically (a killed process leaves the old file)."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+  with files.atomic_write(path) as f:
+    f.write(text)
 
 
 def write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
@@ -356,10 +350,8 @@ def save_model(workdir: Path, data, params, best_epoch: int) -> None:
     write_text,
   )
   weights = serialization.msgpack_serialize(jax.device_get(params))
-  fd, tmp = tempfile.mkstemp(dir=workdir, prefix=f".{PARAMS}.")
-  with os.fdopen(fd, "wb") as f:
+  with files.atomic_write(workdir / PARAMS, "wb") as f:
     f.write(weights)
-  os.replace(tmp, workdir / PARAMS)
   write_text(workdir / MODEL, json.dumps(meta, indent=1))
 
 
@@ -476,6 +468,27 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
       )
     runs.extend(inside)
   return runs
+
+
+def walk_runs(
+  roots: Sequence[str | os.PathLike],
+) -> tuple[list[Path], list[Path]]:
+  """The run directories at or below ``roots``: ``(finished, unfinished)``.
+
+  A run directory holds ``config.json``; it is finished when it also holds
+  ``summary.json`` and ``metrics.json``. The search does not descend into
+  run directories. Missing roots hold no runs (:func:`find_runs` is the
+  strict, one-level look-up of a command line).
+  """
+  finished, unfinished = [], []
+  for root in roots:
+    for path, dirs, names in os.walk(root):
+      if CONFIG in names:
+        dirs.clear()
+        done = all(name in names for name in (SUMMARY, METRICS))
+        (finished if done else unfinished).append(Path(path))
+      dirs.sort()
+  return finished, unfinished
 
 
 def load_model(run: str | os.PathLike) -> SavedModel:
