@@ -304,6 +304,7 @@ def _late_sam(
   return sam(
     optimizer,
     late_phase_schedule(rho, total_steps=total_steps, start=start),
+    skip_zero_rho=True,
   )
 
 

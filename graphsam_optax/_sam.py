@@ -29,6 +29,7 @@ def sam(
   *,
   adaptive: bool = False,
   adaptive_eta: float = 0.01,
+  skip_zero_rho: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sharpness-aware minimization (SAM), optionally adaptive (ASAM).
 
@@ -56,9 +57,9 @@ def sam(
 
   .. note::
     Gradient passes per step: two, the caller's ``grads`` at ``w`` and one
-    call of ``grad_fn`` at ``w + ε``; one on steps where ``ρ_t = 0`` (the
-    ascent point is ``w``), so that a late-phase schedule
-    (:func:`late_phase_schedule`) saves its passes. ``grad_fn(p)`` is
+    call of ``grad_fn`` at ``w + ε``. With ``skip_zero_rho``, one on steps
+    where ``ρ_t = 0`` (the ascent point is ``w``), so that a late-phase
+    schedule (:func:`late_phase_schedule`) saves its passes. ``grad_fn(p)`` is
     required and must return the gradient of the same minibatch loss at
     ``p``.
 
@@ -72,6 +73,10 @@ def sam(
     adaptive: use the ASAM perturbation (default ``False``).
     adaptive_eta: η_A >= 0 of ASAM's scaling ``|w| + η_A`` (default 0.01,
       Kwon et al.); ignored unless ``adaptive``.
+    skip_zero_rho: skip the second pass (a ``jax.lax.cond`` branch) on steps
+      where ``ρ_t = 0``, for schedules that hold ρ at zero for a while
+      (late-phase SAM); off by default, so that the step is one straight
+      program.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with state
@@ -132,20 +137,24 @@ def sam(
   ) -> tuple[optax.Updates, SAMState]:
     _common.check_call("sam", params, grad_fn)
     rho_now = _common.value_at(rho, state.count)
-    # While rho is zero (a late-phase schedule) the ascent point is w: the
-    # second pass is skipped, its gradient would be `updates`.
-    sam_grads = jax.lax.cond(
-      rho_now > 0,
-      lambda: _common.ascent_gradient(
+
+    def ascent():
+      return _common.ascent_gradient(
         updates,
         params,
         grad_fn,
         rho_now,
         adaptive=adaptive,
         adaptive_eta=adaptive_eta,
-      ),
-      lambda: updates,
-    )
+      )
+
+    # While rho is zero the ascent point is w and its gradient `updates`:
+    # the second pass is skipped in a branch. Without skip_zero_rho the
+    # step is one straight program (grad_fn called outside any branch).
+    if skip_zero_rho:
+      sam_grads = jax.lax.cond(rho_now > 0, ascent, lambda: updates)
+    else:
+      sam_grads = ascent()
     new_updates, inner_state = optimizer.update(
       sam_grads, state.inner_state, params, **extra_args
     )

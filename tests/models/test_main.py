@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from models import datasets
+from models import engine
 from models import input_pipeline
 from models import main
 from models import optim
@@ -455,7 +456,7 @@ def test_small_data_is_refused_before_training(tmp_path, capsys, monkeypatch):
     "smiles,y\nCCO,1.0\nCCN,2.0\nCCC,3.0\nCCCl,4.0\nCCBr,5.0\n",
   )
   monkeypatch.setattr(
-    train, "build", lambda *a: pytest.fail("training started")
+    engine, "build", lambda *a: pytest.fail("training started")
   )
   argv = ["--data", str(path), "--batch-size", "2", "--cache-dir"]
   argv += [str(tmp_path / "cache"), "--out", str(tmp_path / "run")]

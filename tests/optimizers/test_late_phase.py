@@ -7,6 +7,7 @@ from graphsam_optax import fsam
 from graphsam_optax import get_optimizer
 from graphsam_optax import gsam
 from graphsam_optax import late_phase_schedule
+from graphsam_optax import sam
 from tests.optimizers import family_reference as ref
 
 STEPS = 8
@@ -56,3 +57,16 @@ def test_bad_arguments_raise_naming_them(kwargs, match):
 def test_registry_needs_total_steps():
   with pytest.raises(ValueError, match="needs total_steps"):
     get_optimizer("late_sam", optax.adam(1e-3))
+
+
+def test_sam_skips_the_zero_rho_pass_only_when_asked():
+  # late_sam asks; plain SAM keeps one straight program (both passes).
+  rho = late_phase_schedule(0.3, total_steps=STEPS, start=0.75)
+  for skip, before in ((True, 1), (False, 2)):
+    _, passes, _ = ref.run_family(
+      lambda opt, rho, skip=skip: sam(opt, rho, skip_zero_rho=skip),
+      "sgd",
+      STEPS,
+      rho=rho,
+    )
+    assert passes == [before] * 6 + [2] * 2
