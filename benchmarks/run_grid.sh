@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# The paper-schedule grid of issue 16, one run at a time, resumable: every
-# command skips the runs that finished, so rerunning this script continues.
-# Order: what the report needs first: BBBP (SAM's five seeds, Adam's and
-# GraphSAM's reruns on this engine, so that every BBBP pair shares the code),
-# the four smaller datasets, the rho sweep, then Tox21 and Lipophilicity.
+# The long runs, one at a time, resumable: every command skips the runs that
+# finished (found under its run root or in the committed report's .json), so
+# rerunning this script continues. Run it from a frozen worktree of one
+# commit (git worktree add --detach ../grid <commit>), and copy the reports'
+# .json back to main as runs finish (then --report-only rewrites them there).
+# Issue 16's grid (done): BBBP, ClinTox, SIDER, ESOL, FreeSolv, the rho sweep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grid() { "${PYTHON:-python}" -m benchmarks.table1 "$@"; }
-grid --datasets bbbp --optimizers graphsam adam sam --seeds 0
-grid --datasets bbbp --optimizers sam --seeds 1 2 3 4
-grid --datasets bbbp --optimizers graphsam adam --seeds 1 2 3 4
+py() { "${PYTHON:-python}" -m "benchmarks.$1" "${@:2}"; }
+grid() { py table1 "$@"; }
+grid --datasets bbbp --optimizers graphsam adam sam --seeds 0 1 2 3 4
 grid --datasets clintox sider esol freesolv --seeds 0 1 2
-# The rho sweep: ESOL first (half BBBP's minutes per run), then BBBP one
-# seed at a time, so a sweep cut short still covers every rho.
-sweep() { grid --optimizers graphsam --rho 0.01 0.02 0.1 0.2 "$@"; }
-sweep --datasets esol --seeds 0 1 2
-sweep --datasets bbbp --seeds 0
-sweep --datasets bbbp --seeds 1
-sweep --datasets bbbp --seeds 2
+grid --datasets esol bbbp --optimizers graphsam --rho 0.01 0.02 0.1 0.2 \
+  --seeds 0 1 2
+# Issue 23: the controls (GraphSAM with rho kept, SAM on GraphSAM's decaying
+# rho), MoleculeACE (Adam and GraphSAM, then SAM), Tox21 and Lipophilicity.
+grid --datasets freesolv esol bbbp --optimizers graphsam sam --gamma 1 0.5 \
+  --seeds 0 1 2
+py moleculeace --optimizers adam graphsam --seeds 0
+py moleculeace --optimizers sam --seeds 0
 grid --datasets tox21 lipophilicity --seeds 0 1 2
+# Issue 26: the newer efficient methods beside them.
+grid --datasets bbbp esol freesolv --optimizers msam gsam fsam --seeds 0 1 2
+py moleculeace --optimizers adam graphsam sam --seeds 1 2
