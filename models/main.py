@@ -315,9 +315,14 @@ def parse_config(
 
 def _summary_line(summary: dict, out: Path) -> str:
   metric = summary["metric"]
+  subsets = "".join(
+    f", {column} {metric} {record[metric]:.4f} ({record['molecules']} "
+    "molecules)"
+    for column, record in summary.get("test_subsets", {}).items()
+  )
   return (
     f"{summary['dataset']} {summary['optimizer']} seed {summary['seed']}: "
-    f"test {metric} {summary[f'test_{metric}']:.4f} (best valid "
+    f"test {metric} {summary[f'test_{metric}']:.4f}{subsets} (best valid "
     f"{summary[f'best_valid_{metric}']:.4f} at epoch "
     f"{summary['best_epoch']}), {summary['epochs']} epochs, "
     f"{summary['wall_seconds']:.0f} s, {summary['graphs_per_s']:.0f} "

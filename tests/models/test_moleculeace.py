@@ -15,6 +15,7 @@ import pytest
 
 from models import datasets
 from models import input_pipeline
+from models import main
 from models import splits
 from models import train
 from models.configs import default
@@ -150,6 +151,10 @@ def test_a_run_records_the_cliff_rmse_of_its_test_predictions(tmp_path):
     math.sqrt(np.mean(error**2)), rel=1e-5
   )
   cliff = truth.cliff_mol.to_numpy() == 1
-  assert summary["test_subsets"]["cliff_mol"]["rmse"] == pytest.approx(
+  cliff_rmse = summary["test_subsets"]["cliff_mol"]["rmse"]
+  assert cliff_rmse == pytest.approx(
     math.sqrt(np.mean(error[cliff] ** 2)), rel=1e-5
   )
+  # graphsam-train's last line says it beside the test RMSE.
+  line = main._summary_line(summary, tmp_path)
+  assert f"cliff_mol rmse {cliff_rmse:.4f} ({cliff.sum()} molecules)" in line
