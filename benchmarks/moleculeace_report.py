@@ -24,7 +24,7 @@ from benchmarks import table1_report
 CLIFF = "cliff_mol"
 # (first, second) optimizer pairs of the paired table: first − second.
 PAIRS = (("graphsam", "adam"), ("sam", "adam"), ("graphsam", "sam"))
-LABELS = table1_report.OPTIMIZER_LABELS
+label = table1_report.pair_label  # "GraphSAM (gamma 1)": one naming
 
 
 def _cell_name(entry: dict) -> str:
@@ -140,11 +140,6 @@ def _f(value: float, digits: int = 3) -> str:
   )
 
 
-def _label(cell: str) -> str:
-  name, *rest = cell.split("-")
-  return " ".join([LABELS.get(name, name), *rest])
-
-
 def main_table(cells: Sequence[dict]) -> str:
   """Per optimizer: RMSE and cliff RMSE averaged over its finished sets."""
   return common.markdown_table(
@@ -158,7 +153,7 @@ def main_table(cells: Sequence[dict]) -> str:
     ],
     [
       (
-        _label(a["cell"]),
+        label(a["cell"]),
         a["sets"],
         _f(a["rmse"]),
         _f(a["cliff_rmse"]),
@@ -186,7 +181,8 @@ def set_table(cells: Sequence[dict]) -> str:
       )
     rows.append(row)
   return common.markdown_table(
-    ["set", *(f"{_label(n)}: RMSE / cliff" for n in names)], rows
+    ["set", *(f"{label(n)}: RMSE / cliff" for n in names)],
+    rows,
   )
 
 
@@ -203,7 +199,7 @@ def paired_table(pairs: Sequence[dict]) -> str:
     ],
     [
       (
-        f"{_label(p['first'])} − {_label(p['second'])}",
+        f"{label(p['first'])} − {label(p['second'])}",
         p["metric"].replace("_", " "),
         p["sets"],
         f"{_f(p['mean'], 4)} ± {_f(p['std'], 4)}",
@@ -277,7 +273,7 @@ def plot(cells: Sequence[dict], path: Path) -> None:
       ]
       if pairs:
         x, y = np.array(pairs).T
-        ax.scatter(x, y, label=_label(cell), s=18)
+        ax.scatter(x, y, label=label(cell), s=18)
         values += [*x, *y]
     if values:
       low, high = np.nanmin(values), np.nanmax(values)
