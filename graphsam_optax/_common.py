@@ -210,18 +210,25 @@ def ascent_gradient_unless_zero(
   params: optax.Params,
   grad_fn: GradFn,
   direction: optax.Updates | None = None,
+  *,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.0,
 ) -> optax.Updates:
   """``grad_fn(w + ρ d / ||d||)``, or ``grads`` itself while ``ρ = 0``.
 
-  ``d`` is ``direction``, by default ``grads`` (SAM's ascent). With ``ρ = 0``
-  the ascent point is ``w`` and its gradient is ``grads``: the pass is skipped
-  (a ``jax.lax.cond`` branch), so that a radius schedule that is zero for a
-  while (:func:`graphsam_optax.late_phase_schedule`) saves the passes too.
+  ``d`` is ``direction``, by default ``grads`` (SAM's ascent); ``adaptive``
+  and ``adaptive_eta`` scale it as :func:`ascent_point` does (ASAM). With
+  ``ρ = 0`` the ascent point is ``w`` and its gradient is ``grads``: the pass
+  is skipped (a ``jax.lax.cond`` branch), so that a radius schedule that is
+  zero for a while (:func:`graphsam_optax.late_phase_schedule`) saves the
+  passes too.
   """
   direction = grads if direction is None else direction
 
   def ascent():
-    point = ascent_point(direction, params, rho)
+    point = ascent_point(
+      direction, params, rho, adaptive=adaptive, adaptive_eta=adaptive_eta
+    )
     return optax.tree.cast_like(grad_fn(point), grads)
 
   return jax.lax.cond(rho > 0, ascent, lambda: grads)

@@ -138,23 +138,18 @@ def sam(
     _common.check_call("sam", params, grad_fn)
     rho_now = _common.value_at(rho, state.count)
 
-    def ascent():
-      return _common.ascent_gradient(
-        updates,
-        params,
-        grad_fn,
-        rho_now,
-        adaptive=adaptive,
-        adaptive_eta=adaptive_eta,
-      )
-
     # While rho is zero the ascent point is w and its gradient `updates`:
-    # the second pass is skipped in a branch. Without skip_zero_rho the
-    # step is one straight program (grad_fn called outside any branch).
+    # with skip_zero_rho the second pass is skipped in a branch. Without it
+    # the step is one straight program (grad_fn called outside any branch).
+    scaling = dict(adaptive=adaptive, adaptive_eta=adaptive_eta)
     if skip_zero_rho:
-      sam_grads = jax.lax.cond(rho_now > 0, ascent, lambda: updates)
+      sam_grads = _common.ascent_gradient_unless_zero(
+        rho_now, updates, params, grad_fn, **scaling
+      )
     else:
-      sam_grads = ascent()
+      sam_grads = _common.ascent_gradient(
+        updates, params, grad_fn, rho_now, **scaling
+      )
     new_updates, inner_state = optimizer.update(
       sam_grads, state.inner_state, params, **extra_args
     )

@@ -70,3 +70,21 @@ def test_sam_skips_the_zero_rho_pass_only_when_asked():
       rho=rho,
     )
     assert passes == [before] * 6 + [2] * 2
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_sam_skipping_the_zero_rho_pass_keeps_its_rule(adaptive):
+  # The branch that skips the pass must still scale the ascent as ASAM does.
+  rho = late_phase_schedule(0.5, total_steps=STEPS, start=0.5)
+  got, passes, _ = ref.run_family(
+    sam, "sgd", STEPS, rho=rho, adaptive=adaptive, skip_zero_rho=True
+  )
+  want, _ = ref.sam(
+    ref.W0,
+    ref.SGD(0.5),
+    STEPS,
+    lambda t: 0.0 if t < STEPS // 2 else 0.5,
+    adaptive=adaptive,
+  )
+  ref.assert_history_close(got, want)
+  assert passes == [1] * 4 + [2] * 4
