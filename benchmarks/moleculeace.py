@@ -26,11 +26,12 @@ import sys
 
 from benchmarks import moleculeace_report
 from benchmarks import table1
-from models import datasets
+from models import dataset_registry
 
 NAME = "moleculeace"
 SETS = tuple(
-  datasets.MOLECULEACE_PREFIX + name for name in datasets.MOLECULEACE_SETS
+  dataset_registry.MOLECULEACE_PREFIX + name
+  for name in dataset_registry.MOLECULEACE_SETS
 )
 # Its own run root: table1's finished runs are of other datasets anyway, but
 # the grids stay apart on disk.

@@ -25,7 +25,7 @@ import numpy as np
 import graphsam_optax
 from benchmarks import common
 from models.configs import default
-from models.datasets import get_spec
+from models.dataset_registry import get_spec
 
 # Rows of the table, in order, with their display names.
 OPTIMIZER_LABELS = {

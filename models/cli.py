@@ -23,9 +23,9 @@ from collections.abc import Callable
 # Errors whose message says all a user needs: shown without their type.
 # (module, class) pairs, looked up only in modules already imported.
 _USER_ERRORS = (
-  ("models.datasets", "DataFileError"),
-  ("models.datasets", "DatasetNotFoundError"),
-  ("models.datasets", "ChecksumError"),
+  ("models.tables", "DataFileError"),
+  ("models.dataset_files", "DatasetNotFoundError"),
+  ("models.dataset_files", "ChecksumError"),
   ("models.featurization", "InvalidSmilesError"),
   ("models.splits", "SplitFileError"),
   ("models.splits", "SplitSizeError"),
@@ -102,10 +102,10 @@ def enable_compile_cache(directory: str | os.PathLike | None) -> None:
 def dataset_name(text: str) -> str:
   """An argparse type: a registry dataset, any case, as the registry spells
   it (``moleculeace/chembl2835_ki`` is ``moleculeace/CHEMBL2835_Ki``)."""
-  from models import datasets
+  from models import dataset_registry
 
   try:
-    return datasets.get_spec(text).name
+    return dataset_registry.get_spec(text).name
   except ValueError as e:
     raise argparse.ArgumentTypeError(str(e)) from None
 

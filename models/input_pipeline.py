@@ -27,9 +27,11 @@ from typing import NamedTuple
 import jraph
 import numpy as np
 
+from models import dataset_registry
 from models import datasets
 from models import featurization
 from models import splits
+from models import tables
 from models.configs import default
 
 
@@ -553,7 +555,7 @@ class PreparedData:
 
 
 def prepare_data(
-  dataset: str | datasets.DatasetSpec | datasets.MoleculeDataset,
+  dataset: str | dataset_registry.DatasetSpec | datasets.MoleculeDataset,
   *,
   batch_size: int = 32,
   split: str = "random",
@@ -623,7 +625,7 @@ def data_for(
   """
   dataset = config.dataset
   if config.data_file is not None:
-    dataset = datasets.csv_spec(
+    dataset = tables.csv_spec(
       config.data_file,
       config.smiles_column,
       config.target_columns or None,

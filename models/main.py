@@ -35,8 +35,10 @@ import graphsam_optax
 from models import allocator
 from models import cli
 from models import configs
-from models import datasets
+from models import dataset_files
+from models import dataset_registry
 from models import splits
+from models import tables
 from models.configs import default
 
 # The model a CSV of your own trains (the Config defaults are BBBP's).
@@ -80,7 +82,7 @@ def make_parser() -> argparse.ArgumentParser:
     "--dataset",
     type=cli.dataset_name,
     metavar="NAME",
-    help=f"one of {', '.join(datasets.dataset_names())} (a MoleculeACE "
+    help=f"one of {', '.join(dataset_registry.dataset_names())} (a MoleculeACE "
     "activity-cliff set, e.g. moleculeace/CHEMBL2835_Ki)",
   )
   source.add_argument("--data", type=Path, help="your own CSV (a header row)")
@@ -94,7 +96,7 @@ def make_parser() -> argparse.ArgumentParser:
   )
   own.add_argument(
     "--task",
-    choices=datasets.TASK_TYPES,
+    choices=tables.TASK_TYPES,
     help="default: classification if every label is 0 or 1",
   )
   parser.add_argument("--optimizer", default="graphsam", choices=optimizers())
@@ -141,7 +143,7 @@ def make_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--compile-cache",
-    default=str(datasets.default_cache_dir() / "jax-compilation"),
+    default=str(dataset_files.default_cache_dir() / "jax-compilation"),
     help="directory of JAX's persistent compilation cache, so that reruns, "
     "resumed runs and other seeds skip XLA compilation ('' disables; "
     "default %(default)s)",
@@ -218,17 +220,17 @@ def _check_hyperparameters(parser, optimizer: str, given: dict) -> None:
 def _csv_config(parser, args, config: default.Config) -> default.Config:
   """The Config of ``--data``; bad flags end in ``parser.error``."""
   try:
-    spec = datasets.csv_spec(
+    spec = tables.csv_spec(
       args.data, args.smiles_column, args.target_columns, args.task
     )
-  except datasets.DatasetNotFoundError as e:
+  except dataset_files.DatasetNotFoundError as e:
     parser.error(f"argument --data: {e}")
-  except datasets.MissingColumnError as e:
+  except tables.MissingColumnError as e:
     flag = "--smiles-column" if e.role == "smiles" else "--target-columns"
     parser.error(f"argument {flag}: {e}")
   said = []
   if spec.delimiter != ",":
-    said.append(f"{datasets.DELIMITER_NAMES[spec.delimiter]}-separated")
+    said.append(f"{tables.DELIMITER_NAMES[spec.delimiter]}-separated")
   if args.task is None:
     said.append(
       f"task {spec.task_type}, inferred from the labels ("
@@ -348,10 +350,10 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         num_devices=args.devices,
       )
-    except datasets.ChecksumError as e:
-      spec = datasets.get_spec(config.dataset)
+    except dataset_files.ChecksumError as e:
+      spec = dataset_registry.get_spec(config.dataset)
       reason = str(e).replace(" Pass verify=False to use this file anyway.", "")
-      raise datasets.ChecksumError(
+      raise dataset_files.ChecksumError(
         f"{reason} To train on this file anyway, pass it as your own data: "
         f"--data <file> --smiles-column {spec.smiles_column!r} "
         f"--target-columns {' '.join(map(repr, spec.target_columns))}"

@@ -32,7 +32,7 @@ else in any case if only one column matches. A file without a header row
 (a ``.smi`` file, or one whose first cell is a molecule; ``--no-header``
 says so) has its SMILES first. Commas, semicolons and tabs (spaces too in
 ``.smi`` and ``.txt`` files) separate cells. A cell of
-``datasets.MISSING_VALUES`` (empty, ``NA``, ``n/a``, ``?``, ``-``...) is no
+``models.tables.MISSING_VALUES`` (empty, ``NA``, ``n/a``, ``?``, ``-``...) is no
 SMILES. When no row can be predicted the command fails (status 1).
 """
 
@@ -155,10 +155,10 @@ class Ensemble:
   def _featurize(self, smiles: list[str], progress):
     """Featurized SMILES, their positions, and the unused ones (missing
     values and SMILES RDKit cannot parse), in input order."""
-    from models import datasets
     from models import featurization
+    from models import tables
 
-    usable = [i for i, s in enumerate(smiles) if not datasets.is_missing(s)]
+    usable = [i for i, s in enumerate(smiles) if not tables.is_missing(s)]
     featurized = featurization.featurize_smiles(
       [smiles[i] for i in usable], progress=progress
     )
@@ -166,7 +166,7 @@ class Ensemble:
     unused = [
       featurization.DroppedMolecule(i, s, _missing_reason(s))
       for i, s in enumerate(smiles)
-      if datasets.is_missing(s)
+      if tables.is_missing(s)
     ] + [
       dataclasses.replace(d, index=usable[d.index]) for d in featurized.dropped
     ]
@@ -305,26 +305,28 @@ def evaluate(run: str | os.PathLike, part: str = "test") -> dict[str, float]:
   """
   import json
 
-  from models import datasets
+  from models import dataset_files
+  from models import dataset_registry
   from models import metrics
+  from models import tables
 
   ensemble = load(run)
   run = ensemble.runs[0].directory
   info = json.loads((run / run_dir.DATA).read_text())
-  if datasets.file_sha256(info["file"]) != info["sha256"]:
+  if dataset_files.file_sha256(info["file"]) != info["sha256"]:
     raise run_dir.RunDirError(
       f"{info['file']} has changed since {run} was trained"
     )
   if info["registry"]:
-    spec = datasets.get_spec(info["name"])
+    spec = dataset_registry.get_spec(info["name"])
   else:
-    spec = datasets.csv_spec(
+    spec = tables.csv_spec(
       info["file"],
       info["smiles_column"],
       info["target_columns"],
       info["task_type"],
     )
-  table = datasets.read_table(spec, info["file"])
+  table = tables.read_table(spec, info["file"])
   rows = json.loads((run / run_dir.SPLIT).read_text())[part]
   labels = table[list(spec.target_columns)].to_numpy(np.float32)[rows]
   predictions = ensemble.predict(table.smiles.iloc[rows].tolist())
@@ -410,13 +412,13 @@ def _smiles_column(
 
 def _read_molecules(parser, args, trained: str):
   """The input table, its SMILES column and how it was read."""
-  from models import datasets
+  from models import tables
 
-  delimiter = datasets.sniff_delimiter(args.smiles)
-  header = not args.no_header and datasets.has_header(
+  delimiter = tables.sniff_delimiter(args.smiles)
+  header = not args.no_header and tables.has_header(
     args.smiles, delimiter, [trained, args.smiles_column or trained]
   )
-  table = datasets.read_rows(
+  table = tables.read_rows(
     args.smiles, header=header, strip=False, delimiter=delimiter
   )
   how = []
@@ -425,10 +427,10 @@ def _read_molecules(parser, args, trained: str):
     table.columns = names
     how.append("no header row, SMILES first")
   if delimiter != ",":
-    how.append(f"{datasets.DELIMITER_NAMES[delimiter]}-separated")
+    how.append(f"{tables.DELIMITER_NAMES[delimiter]}-separated")
   if table.empty:
-    raise datasets.DataFileError(
-      f"{datasets.shown_path(args.smiles)} has no data rows"
+    raise tables.DataFileError(
+      f"{tables.shown_path(args.smiles)} has no data rows"
     )
   if not header:
     return table, "smiles", how
@@ -444,6 +446,7 @@ def _read_molecules(parser, args, trained: str):
 
 def _predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
   from models import datasets
+  from models import tables
 
   if not args.smiles.is_file():
     parser.error(f"argument --smiles: {args.smiles}: no such file")
@@ -460,7 +463,7 @@ def _predict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
   lines = table.index.to_numpy()
   if len(dropped) == len(smiles):
     first = dropped[0]
-    raise datasets.DataFileError(
+    raise tables.DataFileError(
       f"none of the {len(smiles)} rows of {args.smiles} has a SMILES that "
       f"can be used (column {column!r}; line {lines[first.index]}: "
       f"{first.smiles!r}, {first.reason}); name the SMILES column with "

@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from models import datasets
 from models import files
 from models import splits
+from models import tables
 from models.configs import default
 
 FORMAT_VERSION = 1
@@ -135,12 +135,12 @@ def check(
     if parent.exists():
       if not parent.is_dir():
         raise RunDirError(
-          f"{datasets.shown_path(parent)} is a file, not a directory; choose "
+          f"{tables.shown_path(parent)} is a file, not a directory; choose "
           "another output directory"
         )
       if not os.access(parent, os.W_OK | os.X_OK):
         raise RunDirError(
-          f"cannot write to {datasets.shown_path(parent)} (permission "
+          f"cannot write to {tables.shown_path(parent)} (permission "
           "denied); choose another output directory"
         )
       break

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from models import datasets
+from models import dataset_files
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -69,9 +69,9 @@ def shared(tmp_path_factory, monkeypatch_module):
     os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
   )
   try:  # BBBP when its CSV is here (CI), never a download attempt
-    datasets.resolve_csv("bbbp", download=False)
+    dataset_files.resolve_csv("bbbp", download=False)
     dataset = "bbbp"
-  except datasets.DatasetNotFoundError:
+  except dataset_files.DatasetNotFoundError:
     dataset = "nci5k-tpsa"
   return {"DATASET": repr(dataset), "CACHE_DIR": repr(str(cache))}
 

@@ -36,7 +36,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from models import datasets
+from models import dataset_registry
 
 # layers, heads, kernel, norm, head layers
 MODEL_SIZES: dict[str, tuple[int, int, str, str, int]] = {
@@ -57,9 +57,9 @@ class Config:
   """Everything a training run depends on.
 
   Attributes:
-    dataset: a name of ``models.datasets.DATASETS``, or the name of the
+    dataset: a name of ``models.dataset_registry.DATASETS``, or the name of the
       ``data_file`` (its stem).
-    data_file: your own CSV (``models.datasets.csv_spec``) instead of a
+    data_file: your own CSV (``models.tables.csv_spec``) instead of a
       registry dataset; None uses ``dataset``. It takes the Config defaults
       for the model (BBBP's).
     smiles_column: the SMILES column of ``data_file``.
@@ -143,8 +143,8 @@ def has_config(dataset: str) -> bool:
 
 
 def _is_moleculeace(dataset: str) -> bool:
-  prefix = datasets.MOLECULEACE_PREFIX
-  names = {name.lower() for name in datasets.DATASETS}
+  prefix = dataset_registry.MOLECULEACE_PREFIX
+  names = {name.lower() for name in dataset_registry.DATASETS}
   return dataset.lower().startswith(prefix) and dataset.lower() in names
 
 
@@ -160,11 +160,11 @@ def get_config(dataset: str = "bbbp") -> Config:
     raise ValueError(
       f"dataset={dataset!r} has no configuration; known: "
       f"{', '.join(MODEL_SIZES)} and moleculeace/<set> for the sets of "
-      "models.datasets.MOLECULEACE_SETS"
+      "models.dataset_registry.MOLECULEACE_SETS"
     )
   split = {}
   if _is_moleculeace(dataset):
-    dataset = datasets.get_spec(dataset).name
+    dataset = dataset_registry.get_spec(dataset).name
     split = {"split": "fixed", "split_sizes": (0.9, 0.1, 0.0)}
     layers, heads, kernel, norm, head_layers = MODEL_SIZES["lipophilicity"]
   else:

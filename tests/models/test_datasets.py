@@ -17,22 +17,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import datasets as D
+from models import dataset_files
+from models import dataset_registry
+from models import datasets
 from models import featurization as F
+from models import tables
 
 TINY = Path(__file__).parents[1] / "data" / "tiny_molecules.csv"
-SHARED = os.environ.get(D.DATA_DIR_ENV)
+SHARED = os.environ.get(dataset_files.DATA_DIR_ENV)
 requires_shared = pytest.mark.skipif(
-  not SHARED, reason=f"${D.DATA_DIR_ENV} is not set"
+  not SHARED, reason=f"${dataset_files.DATA_DIR_ENV} is not set"
 )
 
 
-def tiny_spec(**changes) -> D.DatasetSpec:
-  spec = D.DatasetSpec(
+def tiny_spec(**changes) -> dataset_registry.DatasetSpec:
+  spec = dataset_registry.DatasetSpec(
     name="tiny",
     filename="tiny_molecules.csv",
     url=None,
-    sha256=D.file_sha256(TINY),
+    sha256=dataset_files.file_sha256(TINY),
     smiles_column="smiles",
     target_columns=("label_a", "label_b"),
     task_type="regression",
@@ -45,7 +48,7 @@ def tiny_spec(**changes) -> D.DatasetSpec:
 @pytest.fixture(autouse=True)
 def no_shared_dir(monkeypatch):
   """Resolution tests must not see the real $GRAPHSAM_DATA_DIR."""
-  monkeypatch.delenv(D.DATA_DIR_ENV, raising=False)
+  monkeypatch.delenv(dataset_files.DATA_DIR_ENV, raising=False)
 
 
 def test_registry():
@@ -59,9 +62,9 @@ def test_registry():
     "freesolv",
     "hiv",
     "nci5k-tpsa",
-  } | {f"moleculeace/{name}" for name in D.MOLECULEACE_SETS}
-  assert set(D.DATASETS) == expected and len(expected) == 39
-  for name, spec in D.DATASETS.items():
+  } | {f"moleculeace/{name}" for name in dataset_registry.MOLECULEACE_SETS}
+  assert set(dataset_registry.DATASETS) == expected and len(expected) == 39
+  for name, spec in dataset_registry.DATASETS.items():
     assert spec.name == name and spec.num_tasks >= 1
     assert spec.task_type in ("classification", "regression")
     assert spec.metric == (
@@ -73,14 +76,14 @@ def test_registry():
       assert len(spec.sha256) == 64
     if spec.collection == "moleculenet" and not spec.builtin:
       assert spec.url.startswith("https://")
-  assert D.get_spec("BBBP") is D.DATASETS["bbbp"]
-  assert D.DATASETS["hiv"].leaky_columns == ("activity",)
+  assert dataset_registry.get_spec("BBBP") is dataset_registry.DATASETS["bbbp"]
+  assert dataset_registry.DATASETS["hiv"].leaky_columns == ("activity",)
   with pytest.raises(ValueError, match="unknown dataset 'qm9'"):
-    D.get_spec("qm9")
+    dataset_registry.get_spec("qm9")
 
 
 def test_read_table_quirks():
-  table = D.read_table(tiny_spec(), TINY)
+  table = tables.read_table(tiny_spec(), TINY)
   assert list(table.columns) == ["smiles", "label_a", "label_b", "line"]
   assert len(table) == 5  # CRLF and blank lines handled, no leaky column
   assert table.line.tolist() == [2, 3, 5, 6, 8]  # the file's lines
@@ -90,8 +93,8 @@ def test_read_table_quirks():
 
 def test_load_reports_dropped_rows(tmp_path):
   # Line 5 of the file (header = line 1, blank line 4), data row 2.
-  with pytest.warns(D.InvalidSmilesWarning, match=r"line 5: 'C\[N\]"):
-    ds = D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
+  with pytest.warns(datasets.InvalidSmilesWarning, match=r"line 5: 'C\[N\]"):
+    ds = datasets.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
   assert (ds.num_rows, len(ds), ds.num_tasks) == (5, 4, 2)
   assert [(d.row, d.line, d.smiles) for d in ds.dropped] == [
     (2, 5, "C[N](C)(C)(C)C")
@@ -104,23 +107,25 @@ def test_load_reports_dropped_rows(tmp_path):
     np.isnan(ds.labels), [[0, 0], [0, 1], [1, 0], [0, 0]]
   )
   np.testing.assert_array_equal(ds.n_atoms, [3, 7, 3, 2])
-  assert ds.sha256 == D.file_sha256(TINY)
+  assert ds.sha256 == dataset_files.file_sha256(TINY)
   with pytest.raises(F.InvalidSmilesError, match=r"line 5"):
-    D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path, strict=True)
+    datasets.load_dataset(
+      tiny_spec(), TINY.parent, cache_dir=tmp_path, strict=True
+    )
   with pytest.raises(F.InvalidSmilesError, match=r"line 5"):
-    D.load_dataset(
+    datasets.load_dataset(
       tiny_spec(), TINY.parent, featurize=False, strict=True, cache_dir=tmp_path
     )
 
 
 def test_second_load_reads_the_cache(tmp_path, monkeypatch):
-  with pytest.warns(D.InvalidSmilesWarning):
-    first = D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
+  with pytest.warns(datasets.InvalidSmilesWarning):
+    first = datasets.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
   files = list((tmp_path / "features").iterdir())
   assert len(files) == 1 and files[0].name.startswith("tiny-")
   monkeypatch.setattr(F, "featurize_smiles", None)  # would fail if called
-  with pytest.warns(D.InvalidSmilesWarning, match="line 5"):
-    second = D.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
+  with pytest.warns(datasets.InvalidSmilesWarning, match="line 5"):
+    second = datasets.load_dataset(tiny_spec(), TINY.parent, cache_dir=tmp_path)
   np.testing.assert_array_equal(second.graphs.pair_bond, first.graphs.pair_bond)
   assert second.dropped == first.dropped
 
@@ -132,11 +137,13 @@ def test_resolution_order(tmp_path, monkeypatch):
     target = d / "moleculenet" if key == "cache" else d
     target.mkdir(parents=True)
     shutil.copy(TINY, target / spec.filename)
-  monkeypatch.setenv(D.DATA_DIR_ENV, str(dirs["env"]))
-  resolve = functools.partial(D.resolve_csv, spec, cache_dir=dirs["cache"])
+  monkeypatch.setenv(dataset_files.DATA_DIR_ENV, str(dirs["env"]))
+  resolve = functools.partial(
+    dataset_files.resolve_csv, spec, cache_dir=dirs["cache"]
+  )
   assert resolve(dirs["explicit"]) == dirs["explicit"] / spec.filename
   assert resolve(tmp_path / "missing") == dirs["env"] / spec.filename
-  monkeypatch.delenv(D.DATA_DIR_ENV)
+  monkeypatch.delenv(dataset_files.DATA_DIR_ENV)
   expected = dirs["cache"] / "moleculenet" / spec.filename
   assert resolve(None) == expected
 
@@ -145,17 +152,21 @@ def test_local_checksum_mismatch(tmp_path):
   shutil.copy(TINY, tmp_path / "tiny_molecules.csv")
   with open(tmp_path / "tiny_molecules.csv", "ab") as f:
     f.write(b"CC,1,1,1\r\n")
-  with pytest.raises(D.ChecksumError, match="verify=False"):
-    D.resolve_csv(tiny_spec(), tmp_path, cache_dir=tmp_path / "c")
-  path = D.resolve_csv(tiny_spec(), tmp_path, cache_dir=tmp_path, verify=False)
+  with pytest.raises(dataset_files.ChecksumError, match="verify=False"):
+    dataset_files.resolve_csv(tiny_spec(), tmp_path, cache_dir=tmp_path / "c")
+  path = dataset_files.resolve_csv(
+    tiny_spec(), tmp_path, cache_dir=tmp_path, verify=False
+  )
   assert path == tmp_path / "tiny_molecules.csv"
 
 
 def test_not_found_lists_what_was_tried(tmp_path, monkeypatch):
-  monkeypatch.setenv(D.DATA_DIR_ENV, str(tmp_path / "env"))
+  monkeypatch.setenv(dataset_files.DATA_DIR_ENV, str(tmp_path / "env"))
   spec = tiny_spec(url="http://127.0.0.1:9/tiny.csv")
-  with pytest.raises(D.DatasetNotFoundError) as info:
-    D.resolve_csv(spec, tmp_path / "x", cache_dir=tmp_path, download=False)
+  with pytest.raises(dataset_files.DatasetNotFoundError) as info:
+    dataset_files.resolve_csv(
+      spec, tmp_path / "x", cache_dir=tmp_path, download=False
+    )
   message = str(info.value)
   for place in ("x", "env", "moleculenet", "download: disabled", "data_dir="):
     assert place in message
@@ -186,28 +197,30 @@ def http_root(tmp_path_factory):
 @pytest.mark.parametrize("name", ["tiny.csv", "tiny.csv.gz"])
 def test_download_good_checksum(http_root, tmp_path, name):
   spec = tiny_spec(url=f"{http_root}/{name}")
-  path = D.resolve_csv(spec, cache_dir=tmp_path)
+  path = dataset_files.resolve_csv(spec, cache_dir=tmp_path)
   assert path == tmp_path / "moleculenet" / spec.filename
   assert path.read_bytes() == TINY.read_bytes()  # decompressed
   assert sorted(p.name for p in path.parent.iterdir()) == [spec.filename]
   # Now cached: found again without the server.
   assert (
-    D.resolve_csv(tiny_spec(url="http://127.0.0.1:9/x"), cache_dir=tmp_path)
+    dataset_files.resolve_csv(
+      tiny_spec(url="http://127.0.0.1:9/x"), cache_dir=tmp_path
+    )
     == path
   )
 
 
 def test_download_bad_checksum(http_root, tmp_path):
   spec = tiny_spec(url=f"{http_root}/tiny.csv.gz", sha256="0" * 64)
-  with pytest.raises(D.ChecksumError, match="discarded"):
-    D.resolve_csv(spec, cache_dir=tmp_path)
+  with pytest.raises(dataset_files.ChecksumError, match="discarded"):
+    dataset_files.resolve_csv(spec, cache_dir=tmp_path)
   assert list((tmp_path / "moleculenet").iterdir()) == []
 
 
 def test_download_404(http_root, tmp_path):
   spec = tiny_spec(url=f"{http_root}/missing.csv")
-  with pytest.raises(D.DatasetNotFoundError, match="404") as info:
-    D.resolve_csv(spec, cache_dir=tmp_path)
+  with pytest.raises(dataset_files.DatasetNotFoundError, match="404") as info:
+    dataset_files.resolve_csv(spec, cache_dir=tmp_path)
   assert "data_dir=" in str(info.value) and "GRAPHSAM_DATA_DIR" in str(
     info.value
   )
@@ -215,13 +228,15 @@ def test_download_404(http_root, tmp_path):
 
 
 def test_builtin_nci5k_tpsa_offline(tmp_path):
-  with pytest.warns(D.InvalidSmilesWarning, match="8 of 4999") as caught:
-    ds = D.load_dataset("nci5k-tpsa", cache_dir=tmp_path, featurize=False)
+  with pytest.warns(datasets.InvalidSmilesWarning, match="8 of 4999") as caught:
+    ds = datasets.load_dataset(
+      "nci5k-tpsa", cache_dir=tmp_path, featurize=False
+    )
   # A short report: a summary line, the first three rows, a count.
   (report,) = [
     str(w.message).splitlines()
     for w in caught
-    if w.category is D.InvalidSmilesWarning
+    if w.category is datasets.InvalidSmilesWarning
   ]
   assert len(report) == 5 and report[-1] == "  ... and 5 more"
   assert report[1].startswith("  line 2099: ") and max(map(len, report)) < 160
@@ -267,15 +282,17 @@ def shared_cache(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(SHARED_COUNTS))
 def test_shared_csv_counts(name, shared_cache):
   rows, tasks, dropped, missing = SHARED_COUNTS[name]
-  spec = D.get_spec(name)
-  path = D.resolve_csv(name, SHARED, download=False)  # SHA-256 checked
-  table = D.read_table(spec, path)
+  spec = dataset_registry.get_spec(name)
+  path = dataset_files.resolve_csv(
+    name, SHARED, download=False
+  )  # SHA-256 checked
+  table = tables.read_table(spec, path)
   assert len(table) == rows and spec.num_tasks == tasks
   assert int(table[list(spec.target_columns)].isna().sum().sum()) == missing
   assert not table.smiles.str.contains(r"\s").any()
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore", D.InvalidSmilesWarning)
-    ds = D.load_dataset(
+    warnings.simplefilter("ignore", datasets.InvalidSmilesWarning)
+    ds = datasets.load_dataset(
       name,
       SHARED,
       cache_dir=shared_cache,
@@ -297,7 +314,7 @@ def test_shared_csv_quirks():
     n: (Path(SHARED) / f"{n}.csv").read_bytes() for n in ("bbbp", "hiv", "esol")
   }
   assert b"\r\n" in raw["bbbp"] and b"\r\n\n" in raw["hiv"]
-  esol = D.read_table("esol", Path(SHARED) / "esol.csv")
+  esol = tables.read_table("esol", Path(SHARED) / "esol.csv")
   assert esol.smiles.str.len().sum() < len(raw["esol"])
   assert not esol.smiles.str.endswith(" ").any()
 
@@ -306,32 +323,36 @@ OWN = TINY.parent / "own_molecules.csv"
 
 
 def test_csv_spec_of_your_own_file():
-  spec = D.csv_spec(OWN, target_columns=["logp", "tpsa"])
+  spec = tables.csv_spec(OWN, target_columns=["logp", "tpsa"])
   assert (spec.name, spec.task_type, spec.metric) == ("own_molecules",) + (
     "regression",
     "rmse",
   )
   assert Path(spec.path).is_absolute() and spec.sha256 is None
-  assert D.resolve_csv(spec) == Path(spec.path)  # read where it is
+  assert dataset_files.resolve_csv(spec) == Path(spec.path)  # read where it is
   # Without target columns: every column but the SMILES ("name" fails).
-  with pytest.raises(D.DataFileError, match="line 2, column 'name'"):
-    D.csv_spec(OWN)
+  with pytest.raises(tables.DataFileError, match="line 2, column 'name'"):
+    tables.csv_spec(OWN)
 
 
 def test_csv_spec_infers_the_task(tmp_path):
   path = tmp_path / "active.csv"
   path.write_text("smiles,active,note\nCCO,1,\nCCN,0,x\nCCC,,y\n")
-  spec = D.csv_spec(path, target_columns=["active"])
+  spec = tables.csv_spec(path, target_columns=["active"])
   assert (spec.task_type, spec.metric) == ("classification", "roc_auc")
-  assert D.csv_spec(path, "smiles", ["active"], "regression").metric == "rmse"
-  with pytest.raises(D.MissingColumnError, match="no column 'smi'") as info:
-    D.csv_spec(path, "smi", ["active"])
+  assert (
+    tables.csv_spec(path, "smiles", ["active"], "regression").metric == "rmse"
+  )
+  with pytest.raises(
+    tables.MissingColumnError, match="no column 'smi'"
+  ) as info:
+    tables.csv_spec(path, "smi", ["active"])
   assert info.value.role == "smiles"
-  with pytest.raises(D.MissingColumnError) as info:
-    D.csv_spec(path, target_columns=["activ"])
+  with pytest.raises(tables.MissingColumnError) as info:
+    tables.csv_spec(path, target_columns=["activ"])
   assert (info.value.column, info.value.role) == ("activ", "target")
-  with pytest.raises(D.DatasetNotFoundError, match="no such file"):
-    D.csv_spec(tmp_path / "missing.csv")
+  with pytest.raises(dataset_files.DatasetNotFoundError, match="no such file"):
+    tables.csv_spec(tmp_path / "missing.csv")
 
 
 @pytest.mark.parametrize(
@@ -348,14 +369,14 @@ def test_csv_spec_infers_the_task(tmp_path):
 def test_unreadable_files_name_the_file(tmp_path, content, message):
   path = tmp_path / "mine.csv"
   path.write_bytes(content)
-  with pytest.raises(D.DataFileError, match=message) as info:
+  with pytest.raises(tables.DataFileError, match=message) as info:
     # csv_spec reads the whole file, so most errors come from it.
     spec = (
-      D.csv_spec(path, target_columns=["y"], task_type="regression")
+      tables.csv_spec(path, target_columns=["y"], task_type="regression")
       if (content)
       else None
     )
-    D.load_dataset(spec or tiny_spec(path=str(path)), cache_dir=tmp_path)
+    datasets.load_dataset(spec or tiny_spec(path=str(path)), cache_dir=tmp_path)
   assert str(path) in str(info.value)
   if "high" in message:
     assert "'high' is not a number (nor are 1 more cells)" in str(info.value)
@@ -364,9 +385,11 @@ def test_unreadable_files_name_the_file(tmp_path, content, message):
 def test_infinite_labels_are_dropped_and_reported(tmp_path):
   path = tmp_path / "inf.csv"
   path.write_text("smiles,a,b\nCCO,1,2\n\nCCN,inf,1\nCCC,3,-inf\nCO,,4\n")
-  spec = D.csv_spec(path, target_columns=["a", "b"])
-  with pytest.warns(D.InvalidSmilesWarning, match="dropped 2 of 4") as caught:
-    ds = D.load_dataset(spec, cache_dir=tmp_path)
+  spec = tables.csv_spec(path, target_columns=["a", "b"])
+  with pytest.warns(
+    datasets.InvalidSmilesWarning, match="dropped 2 of 4"
+  ) as caught:
+    ds = datasets.load_dataset(spec, cache_dir=tmp_path)
   assert "line 4: 'CCN' (label 'a' is inf)" in str(caught[0].message)
   assert [(d.line, d.reason) for d in ds.dropped] == [
     (4, "label 'a' is inf"),
@@ -374,27 +397,29 @@ def test_infinite_labels_are_dropped_and_reported(tmp_path):
   ]
   assert ds.smiles == ("CCO", "CO") and np.isnan(ds.labels[1, 0])
   with pytest.raises(F.InvalidSmilesError, match="line 4"):
-    D.load_dataset(spec, cache_dir=tmp_path, strict=True)
+    datasets.load_dataset(spec, cache_dir=tmp_path, strict=True)
 
 
 def test_classification_labels_must_be_0_or_1(tmp_path):
   path = tmp_path / "cls.csv"
   path.write_text("smiles,y\nCCO,1\nCCN,2\n")
-  spec = D.csv_spec(path, task_type="classification")
-  with pytest.raises(D.DataFileError, match="line 3, column 'y': 2 is not 0"):
-    D.load_dataset(spec, cache_dir=tmp_path)
+  spec = tables.csv_spec(path, task_type="classification")
+  with pytest.raises(
+    tables.DataFileError, match="line 3, column 'y': 2 is not 0"
+  ):
+    datasets.load_dataset(spec, cache_dir=tmp_path)
 
 
 def test_your_own_file_loads_with_every_quirk_reported(tmp_path):
-  spec = D.csv_spec(OWN, target_columns=["logp", "tpsa"])
+  spec = tables.csv_spec(OWN, target_columns=["logp", "tpsa"])
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    ds = D.load_dataset(spec, cache_dir=tmp_path)
+    ds = datasets.load_dataset(spec, cache_dir=tmp_path)
   by_kind = {type(w.message): str(w.message) for w in caught}
-  dropped = by_kind[D.InvalidSmilesWarning]
+  dropped = by_kind[datasets.InvalidSmilesWarning]
   assert "dropped 2 of 78" in dropped
   assert "line 13: 'C[N](C)(C)(C)C'" in dropped and "line 23:" in dropped
-  duplicate = by_kind[D.DuplicateSmilesWarning]
+  duplicate = by_kind[datasets.DuplicateSmilesWarning]
   assert "1 SMILES occur more than once (2 rows)" in duplicate
   assert "line 5: 'N=c1[nH]cc([N+](=O)[O-])s1' (also on line 34)" in duplicate
   assert ds.duplicates() == [("N=c1[nH]cc([N+](=O)[O-])s1", [5, 34])]
@@ -408,17 +433,17 @@ def test_task_is_inferred_per_column_from_every_present_label(tmp_path):
   # No row has both labels: the inference must not look only at full rows.
   path = tmp_path / "sparse.csv"
   path.write_text("smiles,a,b\nCCO,-0.54,\nCCN,,1.5\nCCC,2.1,\n")
-  assert D.csv_spec(path).task_type == "regression"
+  assert tables.csv_spec(path).task_type == "regression"
   path.write_text("smiles,a,b\nCCO,1,\nCCN,,0\nCCC,0,\n")
-  assert D.csv_spec(path).task_type == "classification"
+  assert tables.csv_spec(path).task_type == "classification"
   path.write_text("smiles,active,logS\nCCO,1,\nCCN,,-2.5\nCCC,0,\n")
-  with pytest.raises(D.DataFileError) as info:
-    D.csv_spec(path)
+  with pytest.raises(tables.DataFileError) as info:
+    tables.csv_spec(path)
   message = str(info.value)
   assert "'active' holds only 0/1 labels" in message
   assert "'logS' other numbers" in message
   assert "task_type='regression'" in message
-  assert D.column_task_types(np.array([[1, np.nan], [0, 2.5]])) == (
+  assert tables.column_task_types(np.array([[1, np.nan], [0, 2.5]])) == (
     "classification",
     "regression",
   )
@@ -427,12 +452,12 @@ def test_task_is_inferred_per_column_from_every_present_label(tmp_path):
 def test_headerless_file_is_refused_not_read_as_column_names(tmp_path):
   path = tmp_path / "mols.smi"
   path.write_text("CCO 1.2\nCCN 0.4\n")
-  with pytest.raises(D.DataFileError, match="no header row") as info:
-    D.csv_spec(path)
+  with pytest.raises(tables.DataFileError, match="no header row") as info:
+    tables.csv_spec(path)
   assert "line 1: 'CCO' is a molecule, not a column name" in str(info.value)
-  assert D.has_header(tmp_path / "mols.smi") is False
+  assert tables.has_header(tmp_path / "mols.smi") is False
   (tmp_path / "named.smi").write_text("SMILES Name\nCCO ethanol\n")
-  assert D.has_header(tmp_path / "named.smi") is True
+  assert tables.has_header(tmp_path / "named.smi") is True
 
 
 @pytest.mark.parametrize(
@@ -446,11 +471,11 @@ def test_delimiter_is_sniffed(tmp_path, delimiter, name):
   path.write_text(
     "\n".join(delimiter.join(r) for r in rows).replace("a,b", '"a,b"') + "\n"
   )
-  assert D.sniff_delimiter(path) == delimiter
-  assert D.DELIMITER_NAMES[delimiter] == name
-  spec = D.csv_spec(path, target_columns=["logS"])
+  assert tables.sniff_delimiter(path) == delimiter
+  assert tables.DELIMITER_NAMES[delimiter] == name
+  spec = tables.csv_spec(path, target_columns=["logS"])
   assert spec.delimiter == delimiter
-  table = D.read_table(spec, path)
+  table = tables.read_table(spec, path)
   assert table.smiles.tolist() == ["CCO", "CCN"]
   assert table.logS.tolist() == [-0.5, 1.0]
 
@@ -458,8 +483,8 @@ def test_delimiter_is_sniffed(tmp_path, delimiter, name):
 def test_text_columns_are_named_with_the_target_columns_advice(tmp_path):
   path = tmp_path / "mine.csv"
   path.write_text("name,smiles,logp,tpsa\naspirin,CCO,0.1,20\nx,CCN,0.2,3\n")
-  with pytest.raises(D.DataFileError) as info:
-    D.csv_spec(path)
+  with pytest.raises(tables.DataFileError) as info:
+    tables.csv_spec(path)
   message = str(info.value)
   assert "line 2, column 'name': 'aspirin' is not a number" in message
   assert "target_columns=['logp', 'tpsa']" in message
@@ -469,10 +494,12 @@ def test_text_columns_are_named_with_the_target_columns_advice(tmp_path):
 def test_duplicate_column_names_are_refused(tmp_path):
   path = tmp_path / "dup.csv"
   path.write_text("smiles,sol,sol\nCCO,1.0,2.0\n")
-  with pytest.raises(D.DataFileError, match="line 1: column 'sol' appears 2"):
-    D.csv_spec(path)
-  with pytest.raises(D.DataFileError, match="column 'sol' appears 2"):
-    D.read_rows(path)
+  with pytest.raises(
+    tables.DataFileError, match="line 1: column 'sol' appears 2"
+  ):
+    tables.csv_spec(path)
+  with pytest.raises(tables.DataFileError, match="column 'sol' appears 2"):
+    tables.read_rows(path)
 
 
 @pytest.mark.parametrize(
@@ -481,20 +508,22 @@ def test_duplicate_column_names_are_refused(tmp_path):
 def test_missing_value_markers(tmp_path, marker):
   path = tmp_path / "missing.csv"
   path.write_text(f"smiles,y\nCCO,1.5\nCCN,{marker}\nCCC,2.0\n")
-  assert D.is_missing(marker) and not D.is_missing("0")
-  table = D.read_table(D.csv_spec(path), path)
+  assert tables.is_missing(marker) and not tables.is_missing("0")
+  table = tables.read_table(tables.csv_spec(path), path)
   assert np.isnan(table.y[1]) and table.y[0] == 1.5
 
 
 def test_errors_show_the_path_as_given(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   Path("cls.csv").write_text("smiles,y\nCCO,1\nCCN,2\n")
-  spec = D.csv_spec("cls.csv", task_type="classification")
-  with pytest.raises(D.DataFileError) as info:
-    D.load_dataset(spec, cache_dir=tmp_path)
+  spec = tables.csv_spec("cls.csv", task_type="classification")
+  with pytest.raises(tables.DataFileError) as info:
+    datasets.load_dataset(spec, cache_dir=tmp_path)
   assert str(info.value).startswith("cls.csv, line 3, column 'y'")
 
 
 def test_missing_file_hint_names_the_python_argument(tmp_path):
-  with pytest.raises(D.DatasetNotFoundError, match="data_dir=<that dir"):
-    D.resolve_csv("bbbp", cache_dir=tmp_path, download=False)
+  with pytest.raises(
+    dataset_files.DatasetNotFoundError, match="data_dir=<that dir"
+  ):
+    dataset_files.resolve_csv("bbbp", cache_dir=tmp_path, download=False)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from rdkit import RDConfig
 
-from models import datasets as D
+from models import dataset_registry
+from models import datasets
 from models import featurization as F
 from models import input_pipeline as P
 
@@ -268,7 +269,7 @@ def test_target_scaler():
 
 def test_prepare_data_on_the_tiny_csv(tmp_path):
   tiny = Path(__file__).parents[1] / "data" / "tiny_molecules.csv"
-  spec = D.DatasetSpec(
+  spec = dataset_registry.DatasetSpec(
     "tiny",
     tiny.name,
     None,
@@ -279,7 +280,7 @@ def test_prepare_data_on_the_tiny_csv(tmp_path):
     "rmse",
   )
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore", D.InvalidSmilesWarning)
+    warnings.simplefilter("ignore", datasets.InvalidSmilesWarning)
     data = P.prepare_data(
       spec,
       batch_size=2,

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import datasets
+from models import dataset_files
+from models import dataset_registry
 from models import input_pipeline
 from models import main
 from models import splits
@@ -21,10 +22,10 @@ from models import train
 from models.configs import default
 
 SET = "moleculeace/CHEMBL2835_Ki"  # the smallest: 489 train, 126 test
-SHARED = os.environ.get(datasets.DATA_DIR_ENV)
+SHARED = os.environ.get(dataset_files.DATA_DIR_ENV)
 pytestmark = [
   pytest.mark.data,
-  pytest.mark.skipif(not SHARED, reason=f"${datasets.DATA_DIR_ENV} unset"),
+  pytest.mark.skipif(not SHARED, reason=f"${dataset_files.DATA_DIR_ENV} unset"),
 ]
 
 
@@ -47,13 +48,13 @@ def prepared():
 
 
 def test_every_set_is_registered_and_found_beside_the_moleculenet_folder():
-  assert len(datasets.MOLECULEACE_SETS) == 30
-  for name in datasets.MOLECULEACE_SETS:
-    path = datasets.resolve_csv(f"moleculeace/{name}", verify=False)
+  assert len(dataset_registry.MOLECULEACE_SETS) == 30
+  for name in dataset_registry.MOLECULEACE_SETS:
+    path = dataset_files.resolve_csv(f"moleculeace/{name}", verify=False)
     assert path.name == f"{name}.csv" and path.parent.name == "moleculeace"
   # Checksums match the shared copy, and names are case-insensitive.
-  assert datasets.resolve_csv("moleculeace/chembl2835_ki").is_file()
-  assert datasets.get_spec("MOLECULEACE/chembl2835_KI").name == SET
+  assert dataset_files.resolve_csv("moleculeace/chembl2835_ki").is_file()
+  assert dataset_registry.get_spec("MOLECULEACE/chembl2835_KI").name == SET
 
 
 def test_the_fixed_split_keeps_the_benchmarks_test_part(prepared):
