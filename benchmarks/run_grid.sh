@@ -20,6 +20,10 @@ grid --datasets freesolv esol bbbp --optimizers graphsam sam --gamma 1 0.5 \
 py moleculeace --optimizers adam graphsam --seeds 0
 py moleculeace --optimizers sam --seeds 0
 grid --datasets tox21 lipophilicity --seeds 0 1 2
-# Issue 26: the newer efficient methods beside them.
-grid --datasets bbbp esol freesolv --optimizers msam gsam fsam --seeds 0 1 2
+# Issue 26: the newer efficient methods beside them. MSAM's default rho (3,
+# its authors' for ViTs) does not train this model (5 BBBP epochs, seed 0:
+# best validation ROC-AUC 0.63, against 0.93 with rho 0.3), so its cells
+# take rho 0.3.
+grid --datasets bbbp esol freesolv --optimizers gsam fsam --seeds 0 1 2
+grid --datasets bbbp esol freesolv --optimizers msam --rho 0.3 --seeds 0 1 2
 py moleculeace --optimizers adam graphsam sam --seeds 1 2
