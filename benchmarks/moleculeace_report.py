@@ -6,11 +6,14 @@ metrics are means over the seeds run; the summary averages them over the
 sets an optimizer finished, as MoleculeACE reports. Paired differences
 compare two optimizers on the sets both finished (same seeds, same splits
 and initializations), with a paired t-test and a Wilcoxon signed-rank test
-over sets.
+over sets. Beside them, the published results of eight methods that
+MoleculeACE's authors ran on the same splits (``reference/``), averaged over
+the same sets.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import shutil
 from collections.abc import Sequence
@@ -25,6 +28,8 @@ CLIFF = "cliff_mol"
 # (first, second) optimizer pairs of the paired table: first − second.
 PAIRS = (("graphsam", "adam"), ("sam", "adam"), ("graphsam", "sam"))
 label = table1_report.pair_label  # "GraphSAM (gamma 1)": one naming
+# Published per-set results on the same splits; source in reference/README.md.
+PUBLISHED = Path(__file__).parent / "reference" / "moleculeace_published.csv"
 
 
 def _cell_name(entry: dict) -> str:
@@ -115,6 +120,63 @@ def paired(cells: Sequence[dict]) -> list[dict]:
   return out
 
 
+def read_published(path: Path = PUBLISHED) -> list[dict]:
+  """The published rows: set (no prefix), method, RMSE and cliff RMSE."""
+  with open(path, newline="") as f:
+    return [
+      {
+        "dataset": row["dataset"],
+        "method": row["method"],
+        "rmse": float(row["rmse"]),
+        "cliff_rmse": float(row["cliff_rmse"]),
+      }
+      for row in csv.DictReader(f)
+    ]
+
+
+def beside_published(cells: Sequence[dict], published: Sequence[dict]) -> dict:
+  """Every cell here and every published method, averaged over the sets that
+  all cells here finished (and the methods over all their sets)."""
+  finished: dict[str, set[str]] = {}
+  for c in cells:
+    finished.setdefault(c["cell"], set()).add(c["dataset"].split("/")[-1])
+  sets = sorted(set.intersection(*finished.values())) if finished else []
+
+  def mean(rows: Sequence[dict], metric: str) -> float:
+    return float(np.mean([r[metric] for r in rows])) if rows else math.nan
+
+  entries = []
+  for cell in sorted(finished):
+    rows = [
+      c
+      for c in cells
+      if c["cell"] == cell and c["dataset"].split("/")[-1] in sets
+    ]
+    entries.append(
+      {
+        "name": label(cell),
+        "here": True,
+        "rmse": mean(rows, "rmse"),
+        "cliff_rmse": mean(rows, "cliff_rmse"),
+      }
+    )
+  for method in dict.fromkeys(r["method"] for r in published):
+    rows = [r for r in published if r["method"] == method]
+    on_sets = [r for r in rows if r["dataset"] in sets]
+    entries.append(
+      {
+        "name": method,
+        "here": False,
+        "rmse": mean(on_sets, "rmse"),
+        "cliff_rmse": mean(on_sets, "cliff_rmse"),
+        "all_sets": len(rows),
+        "all_rmse": mean(rows, "rmse"),
+        "all_cliff_rmse": mean(rows, "cliff_rmse"),
+      }
+    )
+  return {"sets": sets, "entries": entries}
+
+
 def build(runs, asked, failed, **context) -> dict:
   """The report: ``context`` with the runs, cells, averages and pairs."""
   cells = summarize_cells(runs)
@@ -126,6 +188,7 @@ def build(runs, asked, failed, **context) -> dict:
     "cells": cells,
     "averages": averages(cells),
     "paired": paired(cells),
+    "published": beside_published(cells, read_published()),
     "totals": {
       "runs": len(runs),
       "asked": len(asked),
@@ -213,6 +276,30 @@ def paired_table(pairs: Sequence[dict]) -> str:
   )
 
 
+def published_table(beside: dict) -> str:
+  """Ours and the published methods on the same sets, best RMSE first."""
+  entries = sorted(beside["entries"], key=lambda e: e["rmse"])
+  return common.markdown_table(
+    [
+      "method",
+      f"RMSE ↓, {len(beside['sets'])} sets",
+      "cliff RMSE ↓",
+      "RMSE, all 30 sets",
+      "cliff RMSE, all 30",
+    ],
+    [
+      (
+        f"**CoMPT, {e['name']}** (here)" if e["here"] else e["name"],
+        _f(e["rmse"]),
+        _f(e["cliff_rmse"]),
+        _f(e.get("all_rmse", math.nan)),
+        _f(e.get("all_cliff_rmse", math.nan)),
+      )
+      for e in entries
+    ],
+  )
+
+
 def markdown(report: dict) -> str:
   totals = report["totals"]
   parts = [
@@ -241,6 +328,18 @@ def markdown(report: dict) -> str:
     "finished with the same seeds.",
     "",
     paired_table(report["paired"]) if report["cells"] else "(no runs yet)",
+    "",
+    "## Beside the published methods",
+    "",
+    "Eight of the 24 methods MoleculeACE's authors ran on the same splits "
+    "(`benchmarks/reference/README.md`: source, and their protocol, which "
+    "tunes each method on each set by cross-validation; the runs here tune "
+    "nothing), averaged over the sets that every optimizer here finished, "
+    "and over all 30.",
+    "",
+    published_table(report["published"])
+    if report["cells"]
+    else "(no runs yet)",
     "",
     "## Per set",
     "",
