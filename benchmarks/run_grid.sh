@@ -2,8 +2,10 @@
 # The long runs, one at a time, resumable: every command skips the runs that
 # finished (found under its run root or in the committed report's .json), so
 # rerunning this script continues. Run it from a frozen worktree of one
-# commit (git worktree add --detach ../grid <commit>), and copy the reports'
-# .json back to main as runs finish (then --report-only rewrites them there).
+# commit (git worktree add --detach ../grid <commit>), and fold the reports'
+# .json back into main as runs finish: --report-only --runs /nonexistent
+# --merge ../grid/benchmarks/results/<report>.json rewrites them there (two
+# worktrees may run at once: on 2 cores two runs train ~1.3x faster in all).
 # Issue 16's grid (done): BBBP, ClinTox, SIDER, ESOL, FreeSolv, the rho sweep.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -52,6 +52,13 @@ CSVs)::
   python -m benchmarks.table1 --datasets bbbp esol freesolv \\
     --optimizers graphsam --gamma 1           # a control: rho kept
   python -m benchmarks.table1 --report-only   # rewrite the report
+
+Grids run from two frozen worktrees at once each keep their own stored
+results; ``--merge`` folds another store into this one (runs, seeds asked
+and divergences; this store's record wins a slot both hold)::
+
+  python -m benchmarks.table1 --report-only --runs /nonexistent \
+    --merge ../grid26/benchmarks/results/table1_paper_schedule.json
 """
 
 from __future__ import annotations
@@ -485,6 +492,15 @@ def make_parser() -> argparse.ArgumentParser:
     "--report-only", action="store_true", help="rewrite the report, train none"
   )
   parser.add_argument(
+    "--merge",
+    nargs="+",
+    type=Path,
+    default=[],
+    metavar="JSON",
+    help="stored results of the same schedule written elsewhere (another "
+    "worktree's --out) to fold into this report",
+  )
+  parser.add_argument(
     "--retry-failed",
     action="store_true",
     help="train again the runs of this grid that diverged before",
@@ -573,10 +589,20 @@ def main(
     stored = read_store(store_path)
   except ValueError as e:
     parser.error(f"argument --out: {e}")
+  for path in args.merge:
+    if not path.exists():
+      parser.error(f"argument --merge: {path} does not exist")
+    try:
+      other = read_store(path)
+    except ValueError as e:
+      parser.error(f"argument --merge: {e}")
+    for key in stored:
+      stored[key] = [*stored[key], *other[key]]
   runs, unfinished = collect(args.runs, stored["runs"], schedule, print)
-  failed = {
-    slot_key(f): f for f in stored["failed"] if mismatch(f, schedule) is None
-  }
+  failed = {}
+  for f in stored["failed"]:
+    if mismatch(f, schedule) is None:
+      failed.setdefault(slot_key(f), f)
   slots = grid(args)
   if args.retry_failed:
     for slot in slots:

@@ -605,3 +605,35 @@ def test_the_controls_are_paired_with_sam_graphsam_and_adam():
   assert rows[("graphsam-gamma1", "graphsam")]["seeds"] == [0, 1, 2]
   text = table1.report_lib.paired_table(list(rows.values()))
   assert "| esol | GraphSAM (gamma 1) − SAM | 0, 1, 2 |" in text
+
+
+def test_merge_folds_another_worktrees_store_into_this_report(
+  fixture_report, tmp_path, capsys
+):
+  report, out = fixture_report
+  stored = json.loads((out / "table1_paper_schedule.json").read_text())
+  bbbp = [r for r in stored["runs"] if r["dataset"] == "bbbp"]
+  here, there = tmp_path / "here", tmp_path / "there"
+  for folder, runs in ((here, bbbp), (there, stored["runs"])):
+    folder.mkdir()
+    (folder / "table1_paper_schedule.json").write_text(
+      json.dumps({**stored, "runs": runs})
+    )
+  merged, _ = main(
+    capsys,
+    "--report-only",
+    "--runs",
+    str(tmp_path / "no"),
+    "--out",
+    str(here),
+    "--merge",
+    str(there / "table1_paper_schedule.json"),
+  )
+  assert merged["cells"] == report["cells"]
+  kept = json.loads((here / "table1_paper_schedule.json").read_text())
+  assert len(kept["runs"]) == len(stored["runs"])  # no slot twice
+  with pytest.raises(SystemExit):
+    table1.main(
+      ["--report-only", "--out", str(here), "--merge", str(tmp_path / "x")]
+    )
+  assert "argument --merge: " in capsys.readouterr().err
