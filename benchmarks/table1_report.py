@@ -39,6 +39,10 @@ OPTIMIZER_LABELS = {
   "looksam": "LookSAM",
   "ae_sam": "AE-SAM",
   "rst": "RST",
+  "msam": "MSAM",
+  "gsam": "GSAM",
+  "fsam": "F-SAM",
+  "late_sam": "late-phase SAM",
 }
 METRIC_LABELS = {"roc_auc": ("ROC-AUC", "max"), "rmse": ("RMSE", "min")}
 # The paper's reported test numbers (reference notes §5; marked (u) there:
@@ -72,6 +76,15 @@ PAIRS = (
   ("graphsam-gamma1", "adam"),
   ("sam-gamma0.5", "adam"),
   ("graphsam-gamma1", "graphsam"),
+  # The newer methods (issue 26): each against Adam, and against the method
+  # of its own cost: MSAM (one pass, at the rho it trains with) against
+  # GraphSAM, GSAM and F-SAM (two passes) against SAM.
+  ("msam-rho0.3", "adam"),
+  ("msam-rho0.3", "graphsam"),
+  ("gsam", "adam"),
+  ("gsam", "sam"),
+  ("fsam", "adam"),
+  ("fsam", "sam"),
 )
 # Two-sided level at which a paired difference is called significant.
 ALPHA = 0.05

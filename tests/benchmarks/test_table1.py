@@ -637,3 +637,34 @@ def test_merge_folds_another_worktrees_store_into_this_report(
       ["--report-only", "--out", str(here), "--merge", str(tmp_path / "x")]
     )
   assert "argument --merge: " in capsys.readouterr().err
+
+
+def test_the_newer_methods_are_paired_with_adam_and_their_cost_peer():
+  runs = [
+    {
+      "dataset": "esol",
+      "optimizer": o,
+      "hyperparameters": hp,
+      "seed": s,
+      "test": base + 0.01 * s,
+    }
+    for o, hp, base in (
+      ("adam", {}, 0.50),
+      ("sam", {}, 0.60),
+      ("graphsam", {}, 0.55),
+      ("msam", {"rho": 0.3}, 0.56),
+      ("gsam", {}, 0.58),
+      ("fsam", {}, 0.62),
+    )
+    for s in (0, 1, 2)
+  ]
+  rows = {
+    (r["first"], r["second"]): r
+    for r in table1.report_lib.paired_differences(runs)
+  }
+  assert rows[("msam-rho0.3", "graphsam")]["mean"] == pytest.approx(0.01)
+  assert rows[("gsam", "sam")]["first_better"] == 3  # RMSE: lower is better
+  assert rows[("fsam", "adam")]["mean"] == pytest.approx(0.12)
+  text = table1.report_lib.paired_table(list(rows.values()))
+  assert "| esol | MSAM (rho 0.3) − GraphSAM | 0, 1, 2 |" in text
+  assert "| esol | F-SAM − SAM | 0, 1, 2 |" in text
