@@ -228,25 +228,39 @@ def main_table(cells: Sequence[dict]) -> str:
   )
 
 
-def set_table(cells: Sequence[dict]) -> str:
-  """Per set: each optimizer's RMSE / cliff RMSE."""
+# The published method beside each set's rows: MoleculeACE's best overall.
+REFERENCE_METHOD = "SVM-ECFP"
+
+
+def set_table(cells: Sequence[dict], published: Sequence[dict] = ()) -> str:
+  """Per set: each optimizer's RMSE / cliff RMSE, and the published
+  :data:`REFERENCE_METHOD`'s where ``published`` has it."""
   names = sorted({c["cell"] for c in cells})
   index = {(c["dataset"], c["cell"]): c for c in cells}
+  reference = {
+    r["dataset"]: r for r in published if r["method"] == REFERENCE_METHOD
+  }
   rows = []
   for dataset in sorted({c["dataset"] for c in cells}):
-    row = [dataset.split("/")[-1]]
-    for name in names:
-      c = index.get((dataset, name))
+    name = dataset.split("/")[-1]
+    row = [name]
+    for cell in names:
+      c = index.get((dataset, cell))
       row.append(
         "—"
         if c is None
         else f"{_f(c['rmse'])} / {_f(c['cliff_rmse'])} (n={len(c['seeds'])})"
       )
+    if reference:
+      r = reference.get(name)
+      row.append(
+        "—" if r is None else f"{_f(r['rmse'])} / {_f(r['cliff_rmse'])}"
+      )
     rows.append(row)
-  return common.markdown_table(
-    ["set", *(f"{label(n)}: RMSE / cliff" for n in names)],
-    rows,
-  )
+  headers = ["set", *(f"{label(n)}: RMSE / cliff" for n in names)]
+  if reference:
+    headers.append(f"{REFERENCE_METHOD} (published): RMSE / cliff")
+  return common.markdown_table(headers, rows)
 
 
 def paired_table(pairs: Sequence[dict]) -> str:
@@ -343,7 +357,9 @@ def markdown(report: dict) -> str:
     "",
     "## Per set",
     "",
-    set_table(report["cells"]) if report["cells"] else "(no runs yet)",
+    set_table(report["cells"], read_published())
+    if report["cells"]
+    else "(no runs yet)",
     "",
   ]
   if report["failed"]:

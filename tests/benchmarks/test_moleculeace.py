@@ -134,3 +134,26 @@ def test_the_published_reference_covers_every_set_once_per_method():
     by_method.setdefault(row["method"], []).append(row["dataset"])
   assert len(by_method) == 8
   assert all(sorted(v) == sorted(sets) for v in by_method.values())
+
+
+def test_the_per_set_table_shows_the_published_reference_method():
+  published = [
+    {
+      "dataset": "CHEMBL0_Ki",
+      "method": "SVM-ECFP",
+      "rmse": 0.5,
+      "cliff_rmse": 0.7,
+    },
+    {
+      "dataset": "CHEMBL0_Ki",
+      "method": "GCN-GRAPH",
+      "rmse": 0.9,
+      "cliff_rmse": 1.0,
+    },
+  ]
+  table = report.set_table(report.summarize_cells(RUNS), published)
+  assert "SVM-ECFP (published): RMSE / cliff |" in table.splitlines()[0]
+  row = next(line for line in table.splitlines() if "CHEMBL0_Ki" in line)
+  assert row.endswith("| 0.500 / 0.700 |")
+  assert "GCN" not in table
+  assert "published" not in report.set_table(report.summarize_cells(RUNS))
