@@ -88,6 +88,9 @@ PAIRS = (
 )
 # Two-sided level at which a paired difference is called significant.
 ALPHA = 0.05
+# Fewest seeds a verdict is given on: with two, two nearly equal differences
+# make the t-test's p tiny (a partial cell read as a finding).
+MIN_SEEDS = 3
 # The hyperparameter of the sweep plot.
 SWEPT = "rho"
 
@@ -338,9 +341,12 @@ def _pooled_line(row: dict) -> str:
 
 
 def verdict(row: dict) -> str:
-  """A paired row in words, by the paired t-test at :data:`ALPHA`."""
+  """A paired row in words, by the paired t-test at :data:`ALPHA`, from
+  :data:`MIN_SEEDS` seeds on."""
   if row["t_p"] is None or math.isnan(row["t_p"]):
     return "no test (fewer than two seeds, or equal differences)"
+  if len(row["seeds"]) < MIN_SEEDS:
+    return f"no verdict on {len(row['seeds'])} seeds (under {MIN_SEEDS})"
   if row["t_p"] >= ALPHA:
     return "no significant difference"
   sign = 1.0 if METRIC_LABELS[row["metric"]][1] == "max" else -1.0
