@@ -7,7 +7,8 @@ sets an optimizer finished, as MoleculeACE reports. Paired differences
 compare two optimizers on the sets both finished (same seeds, same splits
 and initializations), with a paired t-test and a Wilcoxon signed-rank test
 over sets. Beside them, the published results of eight methods that
-MoleculeACE's authors ran on the same splits (``reference/``), averaged over
+MoleculeACE's authors ran on the same splits
+(``results/moleculeace_published.csv``), averaged over
 the same sets.
 """
 
@@ -28,8 +29,11 @@ CLIFF = "cliff_mol"
 # (first, second) optimizer pairs of the paired table: first − second.
 PAIRS = (("graphsam", "adam"), ("sam", "adam"), ("graphsam", "sam"))
 label = table1_report.pair_label  # "GraphSAM (gamma 1)": one naming
-# Published per-set results on the same splits; source in reference/README.md.
-PUBLISHED = Path(__file__).parent / "reference" / "moleculeace_published.csv"
+# Published per-set results on the same splits; their source, licence and
+# protocol: results/moleculeace_published.md.
+PUBLISHED = Path(__file__).parent / "results" / "moleculeace_published.csv"
+# The published method beside each set's rows: MoleculeACE's best overall.
+REFERENCE_METHOD = "SVM-ECFP"
 
 
 def _cell_name(entry: dict) -> str:
@@ -134,6 +138,13 @@ def read_published(path: Path = PUBLISHED) -> list[dict]:
     ]
 
 
+def published_by_set(
+  published: Sequence[dict], method: str = REFERENCE_METHOD
+) -> dict[str, dict]:
+  """``method``'s published rows by set name."""
+  return {r["dataset"]: r for r in published if r["method"] == method}
+
+
 def beside_published(cells: Sequence[dict], published: Sequence[dict]) -> dict:
   """Every cell here and every published method, averaged over the sets that
   all cells here finished (and the methods over all their sets)."""
@@ -174,7 +185,11 @@ def beside_published(cells: Sequence[dict], published: Sequence[dict]) -> dict:
         "all_cliff_rmse": mean(rows, "cliff_rmse"),
       }
     )
-  return {"sets": sets, "entries": entries}
+  return {
+    "sets": sets,
+    "entries": entries,
+    "reference": published_by_set(published),
+  }
 
 
 def build(runs, asked, failed, **context) -> dict:
@@ -197,7 +212,8 @@ def build(runs, asked, failed, **context) -> dict:
   }
 
 
-def _f(value: float, digits: int = 3) -> str:
+def number(value: float | None, digits: int = 3) -> str:
+  """``value`` to ``digits`` decimals; a dash for None, NaN or infinity."""
   return (
     "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
   )
@@ -218,9 +234,9 @@ def main_table(cells: Sequence[dict]) -> str:
       (
         label(a["cell"]),
         a["sets"],
-        _f(a["rmse"]),
-        _f(a["cliff_rmse"]),
-        _f(a["wall_hours"], 2),
+        number(a["rmse"]),
+        number(a["cliff_rmse"]),
+        number(a["wall_hours"], 2),
         f"{a['gradient_passes']:,.0f}",
       )
       for a in averages(cells)
@@ -228,18 +244,11 @@ def main_table(cells: Sequence[dict]) -> str:
   )
 
 
-# The published method beside each set's rows: MoleculeACE's best overall.
-REFERENCE_METHOD = "SVM-ECFP"
-
-
-def set_table(cells: Sequence[dict], published: Sequence[dict] = ()) -> str:
+def set_table(cells: Sequence[dict], reference: dict | None = None) -> str:
   """Per set: each optimizer's RMSE / cliff RMSE, and the published
-  :data:`REFERENCE_METHOD`'s where ``published`` has it."""
+  :data:`REFERENCE_METHOD`'s (``reference``: its rows by set) beside them."""
   names = sorted({c["cell"] for c in cells})
   index = {(c["dataset"], c["cell"]): c for c in cells}
-  reference = {
-    r["dataset"]: r for r in published if r["method"] == REFERENCE_METHOD
-  }
   rows = []
   for dataset in sorted({c["dataset"] for c in cells}):
     name = dataset.split("/")[-1]
@@ -249,12 +258,13 @@ def set_table(cells: Sequence[dict], published: Sequence[dict] = ()) -> str:
       row.append(
         "—"
         if c is None
-        else f"{_f(c['rmse'])} / {_f(c['cliff_rmse'])} (n={len(c['seeds'])})"
+        else f"{number(c['rmse'])} / {number(c['cliff_rmse'])} "
+        f"(n={len(c['seeds'])})"
       )
     if reference:
       r = reference.get(name)
       row.append(
-        "—" if r is None else f"{_f(r['rmse'])} / {_f(r['cliff_rmse'])}"
+        "—" if r is None else f"{number(r['rmse'])} / {number(r['cliff_rmse'])}"
       )
     rows.append(row)
   headers = ["set", *(f"{label(n)}: RMSE / cliff" for n in names)]
@@ -279,10 +289,10 @@ def paired_table(pairs: Sequence[dict]) -> str:
         f"{label(p['first'])} − {label(p['second'])}",
         p["metric"].replace("_", " "),
         p["sets"],
-        f"{_f(p['mean'], 4)} ± {_f(p['std'], 4)}",
+        f"{number(p['mean'], 4)} ± {number(p['std'], 4)}",
         f"{p['first_better']} / {p['sets']}",
-        _f(p["t_p"]),
-        _f(p["wilcoxon_p"]),
+        number(p["t_p"]),
+        number(p["wilcoxon_p"]),
       )
       for p in pairs
       if p["sets"]
@@ -304,10 +314,10 @@ def published_table(beside: dict) -> str:
     [
       (
         f"**CoMPT, {e['name']}** (here)" if e["here"] else e["name"],
-        _f(e["rmse"]),
-        _f(e["cliff_rmse"]),
-        _f(e.get("all_rmse", math.nan)),
-        _f(e.get("all_cliff_rmse", math.nan)),
+        number(e["rmse"]),
+        number(e["cliff_rmse"]),
+        number(e.get("all_rmse", math.nan)),
+        number(e.get("all_cliff_rmse", math.nan)),
       )
       for e in entries
     ],
@@ -346,8 +356,8 @@ def markdown(report: dict) -> str:
     "## Beside the published methods",
     "",
     "Eight of the 24 methods MoleculeACE's authors ran on the same splits "
-    "(`benchmarks/reference/README.md`: source, and their protocol, which "
-    "tunes each method on each set by cross-validation; the runs here tune "
+    "(`moleculeace_published.md`: source, and their protocol, which tunes "
+    "each method on each set by cross-validation; the runs here tune "
     "nothing), averaged over the sets that every optimizer here finished, "
     "and over all 30.",
     "",
@@ -357,7 +367,7 @@ def markdown(report: dict) -> str:
     "",
     "## Per set",
     "",
-    set_table(report["cells"], read_published())
+    set_table(report["cells"], report["published"]["reference"])
     if report["cells"]
     else "(no runs yet)",
     "",

@@ -8,7 +8,7 @@ the benchmark authors' best method, a support vector regressor on ECFP
 the whole train part, and scores the test part with :func:`models.metrics.rmse`,
 over all test molecules and over those with ``cliff_mol == 1``: the code paths
 the CoMPT runs use. Beside each set, the published SVM-ECFP numbers
-(``reference/moleculeace_published.csv``). Agreement says that the loader,
+(``results/moleculeace_published.csv``). Agreement says that the loader,
 the split and the metrics are MoleculeACE's; it also gives the bar any model
 here is measured against, in a minute of CPU.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from models import dataset_registry
 from models import datasets
 from models import metrics
 
-METHOD = "SVM-ECFP"
+METHOD = moleculeace_report.REFERENCE_METHOD
 # The authors' SVM_ECFP hyperparameters of 27 sets (their configs per set).
 SVR_PARAMETERS = {"kernel": "rbf", "C": 10.0, "gamma": 0.01, "epsilon": 0.1}
 RADIUS, BITS = 2, 1024
@@ -87,7 +86,7 @@ def evaluate_set(name: str, data_dir: str | None = None) -> dict:
 
 def compare(rows: Sequence[dict], published: Sequence[dict]) -> list[dict]:
   """Each row with the published numbers of :data:`METHOD` beside it."""
-  reference = {r["dataset"]: r for r in published if r["method"] == METHOD}
+  reference = moleculeace_report.published_by_set(published, METHOD)
   out = []
   for row in rows:
     ref = reference.get(row["set"])
@@ -124,16 +123,15 @@ def markdown(report: dict) -> str:
         r["set"],
         f"{r['train']} / {r['test']} ({r['cliff_test']})",
         f"{r['rmse']:.3f}",
-        moleculeace_report._f(r["published_rmse"]),
+        moleculeace_report.number(r["published_rmse"]),
         diff(r, "rmse"),
         f"{r['cliff_rmse']:.3f}",
-        moleculeace_report._f(r["published_cliff_rmse"]),
+        moleculeace_report.number(r["published_cliff_rmse"]),
         diff(r, "cliff_rmse"),
       )
       for r in rows
     ],
   )
-  s = report["summary"]
   return "\n".join(
     [
       "# MoleculeACE: the published SVM on ECFP, through this loader",
@@ -143,16 +141,23 @@ def markdown(report: dict) -> str:
       f"SVR {SVR_PARAMETERS} on Morgan bits (radius {RADIUS}, {BITS} bits), "
       "fitted on each set's whole train part, scored on its test part.",
       "",
-      f"Over {s['sets']} sets: mean RMSE {s['rmse']:.3f} (published "
-      f"{moleculeace_report._f(s['published_rmse'])}), mean cliff RMSE "
-      f"{s['cliff_rmse']:.3f} (published "
-      f"{moleculeace_report._f(s['published_cliff_rmse'])}); largest "
-      f"|Δ| per set {s['max_abs_diff_rmse']:.3f} (RMSE) and "
-      f"{s['max_abs_diff_cliff_rmse']:.3f} (cliff RMSE).",
+      summary_line(report["summary"]),
       "",
       table,
       "",
     ]
+  )
+
+
+def summary_line(s: dict) -> str:
+  """The sets' means against the published ones, and the largest gap."""
+  return (
+    f"Over {s['sets']} sets: mean RMSE {s['rmse']:.3f} (published "
+    f"{moleculeace_report.number(s['published_rmse'])}), mean cliff RMSE "
+    f"{s['cliff_rmse']:.3f} (published "
+    f"{moleculeace_report.number(s['published_cliff_rmse'])}); largest "
+    f"|Δ| per set {s['max_abs_diff_rmse']:.3f} (RMSE) and "
+    f"{s['max_abs_diff_cliff_rmse']:.3f} (cliff RMSE)."
   )
 
 
@@ -215,7 +220,7 @@ def main(argv=None) -> dict:
   args.out.mkdir(parents=True, exist_ok=True)
   (args.out / "moleculeace_svm.json").write_text(json.dumps(report, indent=1))
   (args.out / "moleculeace_svm.md").write_text(markdown(report))
-  print(markdown(report).split("\n\n")[2], file=sys.stdout)
+  print(summary_line(report["summary"]))
   return report
 
 

@@ -151,7 +151,9 @@ def test_the_per_set_table_shows_the_published_reference_method():
       "cliff_rmse": 1.0,
     },
   ]
-  table = report.set_table(report.summarize_cells(RUNS), published)
+  cells = report.summarize_cells(RUNS)
+  reference = report.beside_published(cells, published)["reference"]
+  table = report.set_table(cells, reference)
   assert "SVM-ECFP (published): RMSE / cliff |" in table.splitlines()[0]
   row = next(line for line in table.splitlines() if "CHEMBL0_Ki" in line)
   assert row.endswith("| 0.500 / 0.700 |")
